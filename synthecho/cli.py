@@ -1,0 +1,229 @@
+"""The `synthecho` command line: a thin Typer layer over the library's stage functions.
+
+Heavy libraries (torch, diffusers, datasets, SimpleITK) are imported inside the commands, so
+`synthecho --help` and a skipped stage answer in about a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from synthecho.errors import SynthechoError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Synthetic echocardiography corpora: prepare -> train -> generate -> filter -> evaluate -> card -> publish.",
+)
+
+RecipeOption = Annotated[str, typer.Option("--recipe", "-r", help="recipe name (recipes/NAME.yaml) or YAML path")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a recipe value, e.g. --set train.steps=100 (repeatable)"),
+]
+RunDirOption = Annotated[Path | None, typer.Option("--run-dir", help="default: runs/<recipe name>")]
+ForceOption = Annotated[bool, typer.Option("--force", help="redo the stage even if its inputs are unchanged")]
+
+
+def friendly_errors(command):
+    """Print SynthechoError as one clear line (no traceback) and exit with status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SynthechoError as error:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def _load(recipe: str, overrides: list[str] | None, run_dir: Path | None):
+    from synthecho.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides or [])
+    return loaded, loaded.resolve_run_dir(run_dir)
+
+
+def _report(stage: str, result: dict) -> None:
+    if result.get("skipped"):
+        typer.echo(f"{stage}: up to date, skipped (use --force to redo)")
+    else:
+        typer.echo(f"{stage}: done in {result.get('seconds', 0):.1f} s")
+
+
+@app.command()
+@friendly_errors
+def phantom(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write the CAMUS-format tree into")],
+    patients: Annotated[int, typer.Option(help="number of simulated patients")] = 12,
+    seed: Annotated[int, typer.Option(help="same seed -> byte-identical files")] = 0,
+    layout: Annotated[str, typer.Option(help="2023 (NIfTI, CAMUS_public) or 2019 (.mhd challenge)")] = "2023",
+) -> None:
+    """Write the built-in CAMUS-format phantom (simulated apical echo views with labels)."""
+    from synthecho.sources.phantom import write_phantom
+
+    if layout not in ("2023", "2019"):
+        raise SynthechoError(f"--layout must be 2023 or 2019, got {layout!r}")
+    root = write_phantom(out_dir, patients=patients, seed=seed, layout=layout)
+    typer.echo(f"phantom ({patients} patients, layout {layout}) written to {root}")
+
+
+@app.command()
+@friendly_errors
+def prepare(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False):
+    """Source dataset -> resized frames, masks, sectors, attributes and prompts in <run>/real/."""
+    from synthecho import prepare as stage
+
+    loaded, folder = _load(recipe, set, run_dir)
+    _report("prepare", stage.run(loaded, folder, force=force))
+
+
+@app.command()
+@friendly_errors
+def train(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False):
+    """Train the generator and the segmenter on the real train split (resumes after interruption)."""
+    from synthecho import train as stage
+
+    loaded, folder = _load(recipe, set, run_dir)
+    _report("train", stage.run(loaded, folder, force=force))
+
+
+@app.command()
+@friendly_errors
+def generate(
+    recipe: RecipeOption,
+    set: SetOption = None,
+    run_dir: RunDirOption = None,
+    force: ForceOption = False,
+    shard_index: Annotated[int | None, typer.Option(help="this worker's index (job arrays)")] = None,
+    num_shards: Annotated[int | None, typer.Option(help="number of workers sharing the shards")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: recipe)")] = None,
+):
+    """Mass-produce triplets into <run>/shards/raw/ (skips completed shards)."""
+    from synthecho import generate as stage
+
+    loaded, folder = _load(recipe, set, run_dir)
+    result = stage.run(
+        loaded, folder, force=force, shard_index=shard_index, num_shards=num_shards, device=device
+    )
+    _report("generate", result)
+
+
+@app.command(name="filter")
+@friendly_errors
+def filter_(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False):
+    """Score every row (mask consistency, near-copies, degenerate output), FID/KID, keep what passes."""
+    from synthecho.quality import filter as stage
+
+    loaded, folder = _load(recipe, set, run_dir)
+    _report("filter", stage.run(loaded, folder, force=force))
+
+
+@app.command()
+@friendly_errors
+def evaluate(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False):
+    """Downstream baselines: segmentation and classification trained on real / synthetic / both."""
+    from synthecho.downstream import evaluate as stage
+
+    loaded, folder = _load(recipe, set, run_dir)
+    _report("evaluate", stage.run(loaded, folder, force=force))
+
+
+@app.command()
+@friendly_errors
+def card(
+    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="render the card of this recipe's run")] = None,
+    set: SetOption = None,
+    run_dir: RunDirOption = None,
+    force: ForceOption = False,
+    check: Annotated[bool, typer.Option("--check", help="fail if a committed card differs from its manifest")] = False,
+    repo_root: Annotated[Path, typer.Option(help="repository holding cards/ and manifests/")] = Path("."),
+):
+    """Render the dataset card from the manifest, or --check every committed card."""
+    from synthecho import card as stage
+
+    if check:
+        stale = stage.check_cards(repo_root)
+        for entry in stale:
+            typer.echo(entry)
+        if stale:
+            raise SynthechoError(
+                f"{len(stale)} committed card(s) are stale: re-render with `synthecho card --recipe ...` "
+                f"and commit cards/ and manifests/."
+            )
+        typer.echo("cards: all committed cards match their manifests")
+        return
+    if recipe is None:
+        raise SynthechoError("pass --recipe to render a card, or --check to verify the committed cards")
+    loaded, folder = _load(recipe, set, run_dir)
+    _report("card", stage.run(loaded, folder, force=force))
+
+
+@app.command()
+@friendly_errors
+def publish(
+    recipe: RecipeOption,
+    set: SetOption = None,
+    run_dir: RunDirOption = None,
+    to: Annotated[Path | None, typer.Option("--to", help="lay the Hub repo out in this local folder")] = None,
+    repo_id: Annotated[str | None, typer.Option("--repo-id", help="push to this Hub dataset repo (ORG/NAME)")] = None,
+    private: Annotated[bool, typer.Option(help="create the Hub repo private")] = False,
+    with_generator: Annotated[bool, typer.Option(help="also push the generator weights as a model repo")] = False,
+    dry_run: Annotated[bool, typer.Option(help="print what would be uploaded, change nothing")] = False,
+):
+    """Publish the filtered corpus (card, data/, prompts config, manifest) to a folder or the Hub."""
+    from synthecho import publish as stage
+
+    loaded, folder = _load(recipe, set, run_dir)
+    if to is None and repo_id is None and loaded.publish.repo_id is None:
+        raise SynthechoError("say where to publish: --to DIR, --repo-id ORG/NAME, or publish.repo_id in the recipe")
+    result = stage.publish(
+        loaded,
+        folder,
+        to=to,
+        repo_id=repo_id or (None if to else loaded.publish.repo_id),
+        private=private or loaded.publish.private,
+        with_generator=with_generator,
+        dry_run=dry_run,
+    )
+    for key, value in result.items():
+        typer.echo(f"{key}: {value}")
+
+
+@app.command()
+@friendly_errors
+def build(
+    recipe: RecipeOption,
+    set: SetOption = None,
+    run_dir: RunDirOption = None,
+    force: ForceOption = False,
+    from_stage: Annotated[str | None, typer.Option("--from", help="redo from this stage on")] = None,
+):
+    """prepare -> train -> generate -> filter -> evaluate -> card, skipping stages whose inputs are unchanged."""
+    from synthecho import pipeline
+
+    loaded, folder = _load(recipe, set, run_dir)
+    summary = pipeline.build(loaded, folder, force=force, from_stage=from_stage)
+    typer.echo(summary)
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes."""
+    from synthecho.recipe import available_recipes, load_recipe
+
+    for name in available_recipes():
+        description = load_recipe(name).description.strip().splitlines()
+        typer.echo(f"{name:20s} {description[0] if description else ''}")
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m synthecho`
+    sys.exit(app())

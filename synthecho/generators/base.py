@@ -1,0 +1,70 @@
+"""What every generator's sampler offers to `generate`, `train`'s sample grid and the benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+SAMPLERS = ("dpmsolver++", "unipc", "ddim", "ddpm")
+
+
+@dataclass
+class SampleBatch:
+    images: np.ndarray  # (B, H, W) uint8
+    masks: np.ndarray | None  # (B, H, W) uint8 in 0..3 when the generator makes its own label maps
+
+
+class Sampler(Protocol):
+    kind: str  # "sdm", "ddpm", "sd", "controlnet"
+    mask_source: str  # "conditioning" | "generated" | "segmenter"
+    resolution: int
+    uses_prompt: bool  # False for unconditional / label-map-only generators (their rows get prompt "")
+
+    def sample(
+        self,
+        labels: np.ndarray | None,  # (B, H, W) uint8 5-class conditioning maps (synthecho.labels), or None
+        prompts: list[str],  # image-level prompts (ignored when uses_prompt is False)
+        seeds: list[int],  # one per row: the row's noise depends on its seed only
+        *,
+        sampler: str = "dpmsolver++",
+        steps: int = 20,
+        guidance_scale: float = 1.0,
+    ) -> SampleBatch: ...
+
+
+def make_scheduler(name: str, config: dict):
+    """A diffusers scheduler of kind `name` from a saved scheduler config (any trained model can use any)."""
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(config)
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "ddpm":
+        return DDPMScheduler.from_config(config)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+
+
+def row_noise(seeds: list[int], shape: tuple[int, ...], device="cpu", dtype=None):
+    """Initial noise for a batch, each row from its own seed (independent of batch composition)."""
+    import torch
+
+    rows = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
+    return torch.stack(rows).to(device=device, dtype=dtype or torch.float32)
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

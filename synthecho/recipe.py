@@ -1,0 +1,296 @@
+"""Recipes: one YAML file per corpus, validated into a typed `Recipe`.
+
+A recipe says everything a run needs: where the real data comes from, the resolution, which generator
+and how to train it, how many rows to generate and how, the quality thresholds, the downstream study and
+where to publish. Unknown keys and wrong types are rejected with the key's dotted name, so a typo never
+silently falls back to a default. `--set key=value` overrides (values parsed as YAML) are validated the
+same way. The content hash of the resolved recipe goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synthecho.errors import SynthechoError
+from synthecho.io import sha256_json
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
+
+
+class Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- source ------------------------------------------------------------------------------------------
+
+
+class PhantomSpec(Section):
+    patients: int = Field(40, ge=3, description="enough patients for a train/validation/test split")
+    seed: int = 0
+    layout: Literal["2023", "2019"] = "2023"
+    size: tuple[int, int] = (192, 160)  # rows x cols of the native frames, before `prepare` resizes
+
+
+class SourceConfig(Section):
+    kind: Literal["phantom", "camus"] = "phantom"
+    root: str | None = None  # camus: dataset root (CAMUS_public/ or the folder holding training/)
+    root_env: str = "SYNTHECHO_CAMUS_ROOT"  # used when `root` is empty
+    release: Literal["auto", "2023", "2019"] = "auto"
+    # 2019 only: its testing folder has no labels, so validation and test are carved from training
+    # patients; an int is a patient count (echo_from_noise used 50), a float in (0, 1) a fraction.
+    validation_patients_2019: float = 50
+    phantom: PhantomSpec = PhantomSpec()
+
+    def resolve_root(self) -> Path:
+        """The CAMUS root from the recipe or the environment; fails before any work when it is absent."""
+        root = self.root or os.environ.get(self.root_env)
+        if not root:
+            raise SynthechoError(
+                f"source.kind is 'camus' but no dataset root is set: put the path of your CAMUS copy in the "
+                f"recipe key source.root (or --set source.root=/path/to/CAMUS_public) or the environment "
+                f"variable {self.root_env}."
+            )
+        path = Path(root).expanduser()
+        if not path.exists():
+            where = "source.root" if self.root else f"${self.root_env}"
+            raise SynthechoError(
+                f"CAMUS root {path} (from {where}) does not exist: point source.root or {self.root_env} at the "
+                f"folder holding database_nifti/ (2023 release) or training/ (2019 release)."
+            )
+        return path
+
+
+class PrepareConfig(Section):
+    resolution: int = Field(64, description="square frames; generators need a multiple of 8")
+
+    @field_validator("resolution")
+    @classmethod
+    def _divisible_by_8(cls, value: int) -> int:
+        if value < 16 or value % 8:
+            raise ValueError(f"resolution must be >= 16 and divisible by 8 (UNet down-sampling), got {value}")
+        return value
+
+
+# --- generators (one config class per kind; `kind` picks it) -----------------------------------------
+
+
+class SdmConfig(Section):
+    """Semantic diffusion: pixel-space DDPM conditioned on the 5-class label map."""
+
+    kind: Literal["sdm"] = "sdm"
+    variant: Literal["concat", "spade"] = "concat"  # concat: label map as input channels (cheap on CPU)
+    channels: list[int] = [32, 64, 64]
+    layers_per_block: int = 1
+    attention: list[bool] = [False, False, True]  # attention only at the lowest resolution: CPU cost
+    num_head_channels: int = 32
+    condition_dropout: float = Field(0.0, ge=0, le=1)  # > 0 enables classifier-free guidance
+    train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule, as the SDM/Echo-from-noise config
+
+
+GeneratorConfig = Annotated[SdmConfig, Field(discriminator="kind")]
+
+
+class TrainConfig(Section):
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = 2e-4
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    checkpoint_every: int = Field(100, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # "bf16" on GPUs; CPUs train in fp32
+    gradient_accumulation_steps: int = 1
+    grid_sampler_steps: int = 10  # steps used for the sample grid written after training
+
+
+class SegmenterConfig(Section):
+    """MONAI 2-D U-Net trained on real data; used by filter (mask consistency, features)."""
+
+    channels: list[int] = [16, 32, 64, 128]
+    strides: list[int] = [2, 2, 2]
+    num_res_units: int = 1
+    steps: int = Field(400, ge=1)
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    validate_every: int = 50
+
+
+# --- generate / filter / evaluate / publish ----------------------------------------------------------
+
+
+class PerturbSpec(Section):
+    """Conditioning-mask perturbation (Echo from noise: affine then elastic, clipped to the sector)."""
+
+    degrees: float = 5.0
+    translate: float = 0.05  # rows (depth) only, as torchvision's translate=(0, 0.05) did
+    translate_col: float = 0.0
+    scale: tuple[float, float] = (0.8, 1.05)
+    shear: float = 5.0
+    elastic_control_points: int = 10
+    elastic_max_displacement: float = 30 / 256  # fraction of the image side (30 px at 256 px)
+
+
+class GenerateConfig(Section):
+    variants: int = Field(5, ge=1, description="perturbed masks per real mask (the 9k sets use 5)")
+    splits: list[Literal["train", "validation"]] = ["train", "validation"]
+    max_records_per_split: int | None = None  # cap source records per split (demos); None = all
+    sampler: Literal["dpmsolver++", "unipc", "ddim", "ddpm"] = "dpmsolver++"
+    steps: int = 20
+    guidance_scale: float = 1.0  # 1.0 = no classifier-free guidance
+    batch_size: int = 8
+    batches_per_shard: int = 8
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    perturb: PerturbSpec = PerturbSpec()
+
+
+class FilterConfig(Section):
+    # A row is rejected when the segmenter disagrees with its mask below these Dice values.
+    dice_threshold: dict[str, float] = {"lv": 0.5, "myo": 0.3, "la": 0.4}
+    copy_threshold: float | None = None  # None: calibrated on real ED-vs-ES pairs (same patient, view)
+    inception_weights: str | None = None  # local clean-fid Inception file; cannot be downloaded here
+    inception_env: str = "SYNTHECHO_INCEPTION_WEIGHTS"
+    feature_dims: int = Field(64, le=64)  # domain features pooled to <= 64 dims: stable covariances
+    kid_subsets: int = 100
+    kid_subset_size: int = 50
+
+
+class EvaluateConfig(Section):
+    enabled: bool = False
+    tasks: list[Literal["segmentation", "phase", "view", "clipseg"]] = ["segmentation", "phase", "view"]
+    strategies: list[Literal["real", "synthetic", "pretrain_finetune", "real_plus_synthetic"]] = [
+        "real",
+        "synthetic",
+        "pretrain_finetune",
+        "real_plus_synthetic",
+    ]
+    seeds: list[int] = [0, 1, 2]  # >= 3 seeds before any claim
+    real_caps: list[float] = [1.0]
+    steps: int = 200
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+
+
+class PublishConfig(Section):
+    repo_id: str | None = None
+    private: bool = False
+    pretty_name: str | None = None
+
+
+class Recipe(Section):
+    name: str
+    version: str = "0.1.0"
+    description: str = ""
+    license: str | None = None  # required by `publish`: synthetic data derived from CAMUS annotations
+    seed: int = 0
+    run_dir: str | None = None  # default runs/<name>
+    source: SourceConfig = SourceConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    generator: GeneratorConfig = SdmConfig()
+    train: TrainConfig = TrainConfig()
+    segmenter: SegmenterConfig = SegmenterConfig()
+    generate: GenerateConfig = GenerateConfig()
+    filter: FilterConfig = FilterConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    publish: PublishConfig = PublishConfig()
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        if not SEMVER.match(value):
+            raise ValueError(f"version must be semver like 1.0.0, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _names_are_safe(self) -> Recipe:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise ValueError(f"name {self.name!r} must be letters, digits, '.', '_' or '-' (it names folders)")
+        return self
+
+    def content_hash(self) -> str:
+        return sha256_json(self.model_dump(mode="json"))
+
+    def section_hash(self, *sections: str) -> str:
+        dumped = self.model_dump(mode="json")
+        return sha256_json({name: dumped[name] for name in sections})
+
+    def resolve_run_dir(self, override: str | os.PathLike | None = None) -> Path:
+        return Path(override or self.run_dir or Path("runs") / self.name)
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def find_recipe_file(name_or_path: str | os.PathLike) -> Path:
+    """A path to a YAML file, or the name of a shipped recipe (recipes/<name>.yaml)."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        if not candidate.is_file():
+            raise SynthechoError(f"recipe file {candidate} does not exist.")
+        return candidate
+    for folder in (Path.cwd() / "recipes", RECIPES_DIR):
+        path = folder / f"{name_or_path}.yaml"
+        if path.is_file():
+            return path
+    raise SynthechoError(
+        f"no recipe named {str(name_or_path)!r}: pass a YAML path or one of {', '.join(available_recipes())}."
+    )
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` override in place; the value is parsed as YAML (1e-4, [1,2], true)."""
+    if "=" not in assignment:
+        raise SynthechoError(f"--set {assignment!r}: expected key=value, e.g. --set train.steps=100")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SynthechoError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid recipe {origin}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (check the spelling; see recipes/demo.yaml for the schema)")
+        else:
+            lines.append(f"  - {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def recipe_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise SynthechoError(_format_validation_error(error, origin)) from None
+
+
+def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe."""
+    path = find_recipe_file(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise SynthechoError(f"recipe {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise SynthechoError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return recipe_from_dict(data, origin=str(path))

@@ -1,0 +1,98 @@
+"""The corpus schema researchers load (DESIGN §6): ONE `datasets.Features` object.
+
+It is written into every Parquet file's metadata (the `huggingface` key, so `datasets` decodes `image`
+and `mask` as PIL images and attributes as ClassLabels) and rendered into the dataset card's
+`dataset_info.features`; a test checks that both agree. Raw and scored shards in the run dir use the same
+columns plus the filter verdict (`SCORED_FEATURES`).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+VIEWS = ("2CH", "4CH")
+PHASES = ("ED", "ES")
+SEXES = ("F", "M")
+QUALITIES = ("Good", "Medium", "Poor")
+MASK_SOURCES = ("conditioning", "generated", "segmenter")
+
+# Perturbation parameters of the conditioning mask (synthecho.perturb.sample_transform): typed scalars.
+MASK_TRANSFORM_FIELDS = {
+    "angle": "float32",
+    "translate_row": "float32",
+    "translate_col": "float32",
+    "scale": "float32",
+    "shear": "float32",
+    "elastic_seed": "int64",
+    "elastic_max_displacement": "float32",
+    "elastic_control_points": "int32",
+    "identity": "bool",
+}
+
+
+@lru_cache(maxsize=None)
+def corpus_features():
+    """Columns of a published row, in order."""
+    from datasets import ClassLabel, Features, Image, Value
+
+    return Features(
+        {
+            "id": Value("string"),
+            "index": Value("int64"),
+            "image": Image(),
+            "mask": Image(),
+            "prompt": Value("string"),
+            "shape_lv": Value("string"),
+            "shape_myo": Value("string"),
+            "shape_la": Value("string"),
+            "view": ClassLabel(names=list(VIEWS)),
+            "phase": ClassLabel(names=list(PHASES)),
+            "sex": ClassLabel(names=list(SEXES)),
+            "image_quality": ClassLabel(names=list(QUALITIES)),
+            "age": Value("int32"),
+            "generator": Value("string"),
+            "generator_sha256": Value("string"),
+            "sampler": Value("string"),
+            "steps": Value("int32"),
+            "guidance_scale": Value("float32"),
+            "seed": Value("int64"),
+            "batch_size": Value("int32"),
+            "source_id": Value("string"),
+            "source_patient": Value("string"),
+            "source_split": Value("string"),
+            "variant": Value("int32"),
+            "mask_transform": {name: Value(dtype) for name, dtype in MASK_TRANSFORM_FIELDS.items()},
+            "spacing_mm": {"row": Value("float32"), "col": Value("float32")},
+            "mask_source": Value("string"),
+            "dice_lv": Value("float32"),
+            "dice_myo": Value("float32"),
+            "dice_la": Value("float32"),
+            "copy_similarity": Value("float32"),
+        }
+    )
+
+
+@lru_cache(maxsize=None)
+def scored_features():
+    """Published columns plus the filter's verdict (kept in the run dir, rejected rows included)."""
+    from datasets import Features, Value
+
+    features = dict(corpus_features())
+    features["passed"] = Value("bool")
+    features["reject_reason"] = Value("string")
+    return Features(features)
+
+
+def arrow_schema(features):
+    """The Arrow schema with the `huggingface` metadata `datasets` reads back into `features`."""
+    metadata = {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
+    return features.arrow_schema.with_metadata(metadata)
+
+
+def class_index(names: tuple[str, ...], value: str) -> int:
+    """ClassLabel integer of `value` (CAMUS spelling), with an error naming the allowed values."""
+    try:
+        return names.index(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not one of {names}") from None
