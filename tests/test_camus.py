@@ -237,6 +237,17 @@ def test_root_that_is_neither_layout(tmp_path):
 def test_release_mismatch_and_unknown_split(trees):
     raises(["2019", "2023"], read_camus, trees["2023"], release="2019")
     raises(["holdout"], read_camus, trees["2023"], splits=("train", "holdout"))
+    raises(["2021"], read_camus, trees["2023"], release="2021")
+
+
+def test_root_with_both_layouts(trees, tmp_path):
+    both = Path(shutil.copytree(trees["2023"], tmp_path / "both"))
+    shutil.copytree(trees["2019"] / "training", both / "training")
+    raises(["both", "source.release"], read_camus, both)
+    assert read_camus(both, release="2023")[0].id.startswith("camus2023/")
+    assert read_camus(both, release="2019", validation_patients_2019=1)[0].id.startswith(
+        "camus2019-training/"
+    )
 
 
 @pytest.mark.parametrize(

@@ -116,8 +116,13 @@ def _missing_root_error(root: Path | None) -> SynthechoError:
     )
 
 
-def _resolve(root: Path | str | None) -> tuple[Path, str]:
-    """Find the dataset folder inside `root` and its release: (folder holding the layout, "2023"|"2019")."""
+def _resolve(root: Path | str | None, release: str = "auto") -> tuple[Path, str]:
+    """Find the dataset folder inside `root` and its release: (folder holding the layout, "2023"|"2019").
+
+    `release` ("auto", "2023", "2019") picks a layout when `root` holds both, and must match otherwise.
+    """
+    if release not in ("auto", "2023", "2019"):
+        raise SynthechoError(f"source.release = {release!r}: use auto, 2023 or 2019.")
     if root is None:
         env = os.environ.get(ROOT_ENV_VAR)
         if not env:
@@ -132,6 +137,13 @@ def _resolve(root: Path | str | None) -> tuple[Path, str]:
         candidates_2023.append(root.parent)
     found_2023 = next((c for c in candidates_2023 if (c / "database_nifti").is_dir()), None)
     found_2019 = root if (root / "training").is_dir() else None
+    if release == "2023" and found_2023 is not None:
+        return found_2023, "2023"
+    if release == "2019" and found_2019 is not None:
+        return found_2019, "2019"
+    if release != "auto" and (found_2023 is not None or found_2019 is not None):
+        found = "2023" if found_2023 is not None else "2019"
+        raise SynthechoError(f"source.release is {release} but {root} holds the {found} layout.")
     if found_2023 is not None and found_2019 is not None:
         raise SynthechoError(
             f"{root} holds both a 2023 layout ({found_2023 / 'database_nifti'}) and a 2019 layout "
@@ -646,11 +658,7 @@ def read_camus(
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise SynthechoError(f"unknown CAMUS split(s) {unknown}; choose from {list(SPLITS)}.")
-    dataset, detected = _resolve(root)
-    if release not in ("auto", detected):
-        if release not in ("2023", "2019"):
-            raise SynthechoError(f"source.release = {release!r}: use auto, 2023 or 2019.")
-        raise SynthechoError(f"source.release is {release} but {dataset} holds the {detected} layout.")
+    dataset, detected = _resolve(root, release)
     plan = [
         item for item in _plan(dataset, detected, validation_patients_2019, split_map) if item[2] in splits
     ]
