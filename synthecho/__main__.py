@@ -1,0 +1,3 @@
+from synthecho.cli import main
+
+main()
