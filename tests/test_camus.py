@@ -412,3 +412,56 @@ def test_split_files_are_read_not_ranges(tree2023):
     test.write_text(train_text)
     splits = {r.patient: r.split for r in read_camus(tree2023)}
     assert splits == {"patient0001": "test", "patient0002": "validation", "patient0003": "train"}
+
+
+# --- the built-in phantom, read in both layouts ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phantom_trees(tmp_path_factory):
+    from synthecho.sources.phantom import phantom_id_map, write_phantom
+
+    base = tmp_path_factory.mktemp("phantom")
+    roots = {
+        layout: write_phantom(base / layout, patients=8, seed=0, layout=layout, preview=False)
+        for layout in ("2023", "2019")
+    }
+    return roots, phantom_id_map(8, 0)
+
+
+def test_phantom_reads_the_same_in_both_layouts(phantom_trees):
+    roots, id_map = phantom_trees  # id_map: "training/patient0003" -> 2023 id of the same patient
+    records_2023 = read_camus(roots["2023"], name="phantom")
+    by_key = {(r.patient, r.view, r.phase): r for r in records_2023}
+    split_2023 = {r.patient: r.split for r in records_2023}
+    split_map = {key: split_2023[pid] for key, pid in id_map.items() if key.startswith("training/")}
+    records_2019 = read_camus(roots["2019"], name="phantom", split_map=split_map, splits=ALL_SPLITS)
+
+    assert len(records_2019) == len(records_2023) == 8 * 4
+    assert all(r.id.startswith("phantom2023/") for r in records_2023)
+    # the phantom's 2019 training/ holds the 2023 train + validation patients, testing/ its test patients
+    labelled_2023 = sorted(r.id.split("/")[1] for r in records_2023 if r.split != "test")
+    for record in records_2019:
+        twin = by_key[(id_map[f"{record.split_group}/{record.patient}"], record.view, record.phase)]
+        assert record.id == f"phantom2019-{record.split_group}/{record.patient}_{record.view}_{record.phase}"
+        np.testing.assert_array_equal(record.image, twin.image)
+        for field in ("spacing", "sex", "age", "image_quality", "ef", "frame_index", "nb_frames"):
+            assert getattr(record, field) == getattr(twin, field), (record.id, field)
+        if record.split_group == "training":
+            assert record.split == twin.split != "test"
+            np.testing.assert_array_equal(record.mask, twin.mask)
+        else:
+            assert record.split == "test_unlabelled" and twin.split == "test" and record.mask is None
+    labelled_2019 = sorted(
+        f"{id_map['training/' + r.patient]}_{r.view}_{r.phase}" for r in records_2019 if r.mask is not None
+    )
+    assert labelled_2019 == labelled_2023
+
+
+def test_phantom_2019_carving_with_a_fraction(phantom_trees):
+    roots, _ = phantom_trees
+    records = read_camus(roots["2019"], validation_patients_2019=0.15)  # 7 training patients -> 1 + 1 + 5
+    patients = {split: sorted({r.patient for r in records if r.split == split}) for split in ALL_SPLITS}
+    assert patients["validation"] == ["patient0001"] and patients["test"] == ["patient0002"]
+    assert len(patients["train"]) == 5 and patients["test_unlabelled"] == []
+    assert file_list_hash(roots["2019"]) != file_list_hash(roots["2023"])

@@ -73,9 +73,15 @@ _CFG_KEYS = {
 # The 2019 testing cfg files may not carry the volumes/EF (they were the challenge's hidden targets).
 _OPTIONAL_IN_2019_TESTING = ("LVedv", "LVesv", "LVef")
 
-# Spacing is rounded to 1e-6 mm: NIfTI stores float32 and MetaImage prints doubles, so the same header
-# value would otherwise differ in the 8th digit between the two releases.
-_SPACING_DECIMALS = 6
+
+def _float32_spacing(value: float) -> float:
+    """The shortest decimal that round-trips through float32 (0.15000000596 -> 0.15).
+
+    NIfTI stores spacing as float32 and MetaImage prints doubles; passing both through float32 makes the
+    same header value identical in either release (plain decimal rounding would still split values that
+    straddle a rounding boundary).
+    """
+    return float(str(np.float32(value)))
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: records hold arrays, compare them explicitly
@@ -336,7 +342,7 @@ def _read_frame(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
         raise SynthechoError(
             f"{path} has spacing {spacing}; the header must give positive pixel sizes in mm."
         )
-    return array, (round(row_mm, _SPACING_DECIMALS), round(col_mm, _SPACING_DECIMALS))
+    return array, (_float32_spacing(row_mm), _float32_spacing(col_mm))
 
 
 def _to_uint8(array: np.ndarray, path: Path, *, is_mask: bool) -> np.ndarray:
