@@ -163,6 +163,49 @@ class FilterConfig(Section):
     kid_subset_size: int = 50
 
 
+class SegmentationTaskConfig(Section):
+    """Downstream U-Net (Echo from noise / DiffEcho family, scaled down; separate from the filter's)."""
+
+    channels: list[int] = [16, 32, 64, 128]  # echo_from_noise: (2,4,...,256) x 8 levels at 256 px
+    strides: list[int] = [2, 2, 2]
+    num_res_units: int = 1
+    steps: int | None = None  # None: evaluate.steps
+    finetune_steps: int | None = None  # real fine-tuning after synthetic pretraining; None: evaluate.steps
+    batch_size: int | None = None  # None: evaluate.batch_size
+    learning_rate: float | None = None  # None: evaluate.learning_rate (Adam; echo_from_noise used 1e-3)
+
+
+class ClassificationTaskConfig(Section):
+    """ResNet-18 for ED vs ES (DiffEcho's task) and 2CH vs 4CH."""
+
+    steps: int | None = None
+    finetune_steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    # Local torchvision resnet18 state dict (.pth/.safetensors); nothing can be downloaded here, so the
+    # default is random init. The RGB stem is averaged to 1 channel, the 1000-class head replaced.
+    weights: str | None = None
+
+
+class ClipSegTaskConfig(Section):
+    """CLIPSeg (transformers) with the P0-P7 per-structure prompts; skipped without local weights."""
+
+    weights: str | None = None  # local folder with CLIPSegForImageSegmentation + CLIPSegProcessor files
+    weights_env: str = "SYNTHECHO_CLIPSEG_WEIGHTS"  # used when `weights` is empty
+    levels: list[int] = [0, 1, 2, 3, 4, 5, 6, 7]
+    steps: int | None = None
+    finetune_steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None  # None: evaluate.learning_rate (Synthetic Boost: AdamW 2e-3)
+
+    @field_validator("levels")
+    @classmethod
+    def _prompt_levels(cls, value: list[int]) -> list[int]:
+        if not value or any(level not in range(8) for level in value):
+            raise ValueError(f"levels must be prompt levels 0..7 (P0-P7), got {value}")
+        return value
+
+
 class EvaluateConfig(Section):
     enabled: bool = False
     tasks: list[Literal["segmentation", "phase", "view", "clipseg"]] = ["segmentation", "phase", "view"]
@@ -177,6 +220,18 @@ class EvaluateConfig(Section):
     steps: int = 200
     batch_size: int = 8
     learning_rate: float = 1e-3
+    validate_every: int = Field(25, ge=1)  # model selection on real validation every N steps (and at the end)
+    max_synthetic: int | None = None  # cap synthetic training rows (time budget); None = every passed row
+    segmentation: SegmentationTaskConfig = SegmentationTaskConfig()
+    classification: ClassificationTaskConfig = ClassificationTaskConfig()
+    clipseg: ClipSegTaskConfig = ClipSegTaskConfig()
+
+    @field_validator("real_caps")
+    @classmethod
+    def _caps_are_fractions(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < cap <= 1 for cap in value):
+            raise ValueError(f"real_caps must be fractions in (0, 1] of the real train patients, got {value}")
+        return value
 
 
 class PublishConfig(Section):
