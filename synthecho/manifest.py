@@ -1,0 +1,141 @@
+"""The run manifest (`<run>/manifest.json`): provenance and results, one top-level section per stage.
+
+Each stage updates only its own sections (see notes in DESIGN §7): the recipe and environment, the
+source, generator and segmenter hashes, every shard with its file and content hash, counts, metrics,
+downstream results and timings. Paths inside are relative to the run dir, because the manifest is
+committed and compared across machines. The card is rendered from this file alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from synthecho.io import read_json, write_json_atomic
+
+MANIFEST_NAME = "manifest.json"
+VERSIONED_PACKAGES = (
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "datasets",
+    "pyarrow",
+    "numpy",
+    "pillow",
+    "monai",
+    "huggingface_hub",
+)
+
+
+def manifest_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / MANIFEST_NAME
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict:
+    """The manifest as a dict; {} when no stage has written one yet."""
+    path = manifest_path(run_dir)
+    return read_json(path) if path.is_file() else {}
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """Serialise read-modify-write between processes (several generate ranks may finish together)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; stages there run one process at a time
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / f".{MANIFEST_NAME}.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update_manifest(run_dir: str | os.PathLike, **sections: Any) -> dict:
+    """Replace the given top-level sections (atomically) and return the whole manifest.
+
+    A section whose value is a dict replaces that section wholesale; stages that share a section
+    (e.g. "shards": {"raw": ...} from generate and {"data": ...} from filter) pass the merged dict, or
+    use `merge_section`.
+    """
+    run_dir = Path(run_dir)
+    with _locked(run_dir):
+        manifest = read_manifest(run_dir)
+        manifest.update(sections)
+        write_json_atomic(manifest_path(run_dir), manifest)
+    return manifest
+
+
+def merge_section(run_dir: str | os.PathLike, section: str, **keys: Any) -> dict:
+    """Set keys inside one section (e.g. merge_section(run, "shards", raw=[...])) keeping the others."""
+    run_dir = Path(run_dir)
+    with _locked(run_dir):
+        manifest = read_manifest(run_dir)
+        current = manifest.get(section)
+        manifest[section] = {**(current if isinstance(current, dict) else {}), **keys}
+        write_json_atomic(manifest_path(run_dir), manifest)
+    return manifest
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    """HEAD of the checkout synthecho runs from, or None when it is an installed wheel / no git."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def _device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    except ImportError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()}"
+
+
+def environment_info() -> dict:
+    """Versions, platform, device, synthecho version and git commit (for the manifest's "environment")."""
+    import synthecho
+
+    return {
+        "python": sys.version.split()[0],
+        **{name: _version(name) for name in VERSIONED_PACKAGES},
+        "platform": platform.platform(),
+        "device": _device_name(),
+        "synthecho": synthecho.__version__,
+        "git_commit": _git_commit(),
+    }
+
+
+def recipe_sections(recipe) -> dict:
+    """The "recipe" and "recipe_sha256" sections every stage refreshes."""
+    return {"recipe": recipe.model_dump(mode="json"), "recipe_sha256": recipe.content_hash()}
