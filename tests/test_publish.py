@@ -1,0 +1,255 @@
+"""Publishing: the exact Hub layout in a folder (loaded back with `datasets`), and the HfApi call sequence."""
+
+from __future__ import annotations
+
+import copy
+from unittest.mock import call, create_autospec
+
+import pytest
+from card_fixtures import make_run, tiny_recipe
+from datasets import load_dataset
+from huggingface_hub import CommitInfo, DatasetCard, HfApi, ModelCard
+from huggingface_hub.hf_api import GitRefInfo, GitRefs
+
+from synthecho import publish as pub
+from synthecho.card import prompt_features, render_card
+from synthecho.errors import SynthechoError
+from synthecho.io import read_json, write_json_atomic
+from synthecho.prompts import Attributes, all_structure_prompts
+from synthecho.schema import corpus_features
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    folder = tmp_path / "run"
+    make_run(folder)
+    (folder / "generator" / "unet").mkdir(parents=True)
+    (folder / "generator" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    (folder / "generator" / "synthecho_generator.json").write_text('{"kind": "sdm"}', encoding="utf-8")
+    (folder / "generator" / "checkpoints").mkdir()
+    (folder / "generator" / "checkpoints" / "step-1.pt").write_bytes(b"resume state")
+    (folder / "generator" / ".complete.json").write_text("{}", encoding="utf-8")
+    return folder
+
+
+def _commit(oid: str) -> CommitInfo:
+    return CommitInfo(
+        commit_url=f"https://huggingface.co/datasets/org/tiny/commit/{oid}",
+        commit_message="synthecho 0.1.0",
+        commit_description="",
+        oid=oid,
+    )
+
+
+def _api(*oids: str, tags: tuple[str, ...] = ()):
+    """An autospec'd HfApi whose uploads return commits and which records what each upload saw."""
+    api = create_autospec(HfApi, instance=True)
+    api.list_repo_refs.return_value = GitRefs(
+        branches=[],
+        converts=[],
+        tags=[GitRefInfo(name=t, ref=f"refs/tags/{t}", target_commit="0" * 40) for t in tags],
+    )
+    uploaded = []
+
+    def upload_folder(**kwargs):
+        folder = kwargs["folder_path"]
+        from pathlib import Path
+
+        files = {
+            p.relative_to(folder).as_posix(): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()
+        }
+        uploaded.append((kwargs["repo_id"], files))
+        return _commit(oids[len(uploaded) - 1])
+
+    api.upload_folder.side_effect = upload_folder
+    return api, uploaded
+
+
+def test_layout_loads_with_datasets_as_declared(run_dir, tmp_path):
+    out = tmp_path / "out"
+    files = pub.layout_repo(run_dir, out)
+    assert [p.relative_to(out).as_posix() for p in files] == [
+        "README.md",
+        "data/train-00000-of-00001.parquet",
+        "data/validation-00000-of-00001.parquet",
+        "manifest.json",
+        "prompts/prompts-00000-of-00001.parquet",
+    ]
+    corpus = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert set(corpus) == {"train", "validation"}
+    assert (corpus["train"].num_rows, corpus["validation"].num_rows) == (5, 3)
+    assert corpus["train"].features == corpus_features()
+    row = corpus["validation"][0]
+    assert row["image"].mode == "L" and row["mask"].mode == "P" and row["image"].size == (16, 16)
+    assert corpus["train"].features["image_quality"].names == ["Good", "Medium", "Poor"]
+    assert corpus["train"].features["view"].int2str(corpus["train"][1]["view"]) == "4CH"
+
+    prompts = load_dataset(str(out), "prompts", split="train", cache_dir=str(tmp_path / "cache"))
+    assert prompts.features == prompt_features()
+    assert prompts.num_rows == 8 * 48
+    # The prompts of one row are the prompt module's, with the ClassLabel ints decoded to CAMUS names.
+    first = corpus["train"][3]  # index 6: 4CH, ES, M, quality Good, age 24
+    names = corpus["train"].features
+    attrs = Attributes(
+        view=names["view"].int2str(first["view"]),
+        phase=names["phase"].int2str(first["phase"]),
+        sex=names["sex"].int2str(first["sex"]),
+        age=first["age"],
+        image_quality=names["image_quality"].int2str(first["image_quality"]),
+    )
+    expected = all_structure_prompts(attrs, {"lv": "square", "myo": "rectangle", "la": "oval"})
+    got = [
+        {k: r[k] for k in ("structure", "level", "phrasing", "text")}
+        for r in prompts
+        if r["id"] == first["id"]
+    ]
+    assert got == expected
+    assert any("of an eighteen-year-old" in text for text in prompts["text"])  # the "an" rule
+    assert (out / "README.md").read_text(encoding="utf-8") == render_card(
+        read_json(run_dir / "manifest.json")
+    )
+    assert read_json(out / "manifest.json") == read_json(run_dir / "manifest.json")
+
+
+def test_layout_replaces_a_previous_layout_but_not_a_foreign_folder(run_dir, tmp_path):
+    out = tmp_path / "out"
+    pub.layout_repo(run_dir, out)
+    (out / "data" / "train-00000-of-00009.parquet").write_bytes(b"stale shard of an older layout")
+    pub.layout_repo(run_dir, out)
+    assert not (out / "data" / "train-00000-of-00009.parquet").exists()
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious", encoding="utf-8")
+    with pytest.raises(SynthechoError, match="not a synthecho publish folder"):
+        pub.layout_repo(run_dir, foreign)
+    assert (foreign / "thesis.tex").read_text(encoding="utf-8") == "precious"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+def test_layout_refuses_shards_that_changed_after_filtering(run_dir, tmp_path):
+    shard = run_dir / "data" / "train-00000-of-00001.parquet"
+    shard.write_bytes(shard.read_bytes() + b"\0")
+    with pytest.raises(SynthechoError, match="differs from its manifest entry"):
+        pub.layout_repo(run_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_publish_refuses_without_license(run_dir, tmp_path):
+    api, _ = _api("a" * 40)
+    with pytest.raises(SynthechoError, match="recipe key `license`"):
+        pub.publish(tiny_recipe(license=None), run_dir, to=tmp_path / "out", repo_id="org/tiny", api=api)
+    assert api.method_calls == [] and not (tmp_path / "out").exists()
+
+
+def test_push_calls_hfapi_in_order_and_records_the_commit(run_dir, tmp_path):
+    api, uploaded = _api("a" * 40)
+    repo = tmp_path / "repo"
+    result = pub.publish(tiny_recipe(), run_dir, repo_id="org/tiny", private=True, api=api, repo_root=repo)
+    assert api.method_calls == [
+        call.create_repo("org/tiny", repo_type="dataset", private=True, exist_ok=True),
+        call.list_repo_refs("org/tiny", repo_type="dataset"),
+        call.upload_folder(
+            repo_id="org/tiny",
+            repo_type="dataset",
+            folder_path=api.upload_folder.call_args.kwargs["folder_path"],
+            commit_message="synthecho 0.1.0",
+            delete_patterns=["data/*", "prompts/*"],
+        ),
+        call.create_tag("org/tiny", tag="v0.1.0", revision="a" * 40, repo_type="dataset"),
+    ]
+    ((repo_id, files),) = uploaded
+    assert sorted(files) == [
+        "README.md",
+        "data/train-00000-of-00001.parquet",
+        "data/validation-00000-of-00001.parquet",
+        "manifest.json",
+        "prompts/prompts-00000-of-00001.parquet",
+    ]
+    card = files["README.md"].decode("utf-8")
+    assert 'load_dataset("org/tiny", revision="v0.1.0")' in card
+    manifest = read_json(run_dir / "manifest.json")
+    assert manifest["publish"] == {
+        "repo_id": "org/tiny",
+        "tag": "v0.1.0",
+        "url": "https://huggingface.co/datasets/org/tiny",
+        "commit": "a" * 40,
+    }
+    assert result["commit"] == "a" * 40
+    # The uploaded card is what the recorded manifest renders (the commit is not shown in the card) ...
+    assert render_card(manifest) == card
+    # ... and the committed copies were refreshed with the commit.
+    assert read_json(repo / "manifests" / "tiny" / "0.1.0.json")["publish"]["commit"] == "a" * 40
+    assert (repo / "cards" / "tiny" / "README.md").read_text(encoding="utf-8") == card
+
+
+def test_with_generator_pushes_a_linked_model_repo_first(run_dir, tmp_path):
+    api, uploaded = _api("b" * 40, "c" * 40)
+    out = tmp_path / "out"
+    result = pub.publish(tiny_recipe(), run_dir, to=out, repo_id="org/tiny", with_generator=True, api=api)
+    names = [c[0] for c in api.method_calls]
+    assert names == ["create_repo", "list_repo_refs", "upload_folder", "create_tag"] * 2
+    assert api.create_repo.call_args_list[0] == call(
+        "org/tiny-generator", repo_type="model", private=False, exist_ok=True
+    )
+    assert api.create_tag.call_args_list == [
+        call("org/tiny-generator", tag="v0.1.0", revision="b" * 40, repo_type="model"),
+        call("org/tiny", tag="v0.1.0", revision="c" * 40, repo_type="dataset"),
+    ]
+    (model_repo, model_files), (dataset_repo, dataset_files) = uploaded
+    assert model_repo == "org/tiny-generator" and dataset_repo == "org/tiny"
+    assert sorted(model_files) == [
+        "README.md",
+        "synthecho_generator.json",
+        "unet/diffusion_pytorch_model.safetensors",
+    ]
+    model_card = ModelCard(model_files["README.md"].decode("utf-8"))
+    assert model_card.data.datasets == ["org/tiny"]
+    assert "https://huggingface.co/datasets/org/tiny" in model_card.text
+    dataset_card = dataset_files["README.md"].decode("utf-8")
+    assert "https://huggingface.co/org/tiny-generator" in dataset_card
+    assert (out / "README.md").read_text(encoding="utf-8") == dataset_card  # --to holds what was pushed
+    assert result["generator_commit"] == "b" * 40 and result["commit"] == "c" * 40
+    assert DatasetCard(dataset_card).data.license == "cc-by-nc-sa-4.0"
+
+
+def test_an_existing_version_tag_is_refused_before_uploading(run_dir):
+    api, uploaded = _api("d" * 40, tags=("v0.1.0",))
+    before = read_json(run_dir / "manifest.json")
+    with pytest.raises(SynthechoError, match="bump the recipe key `version`"):
+        pub.publish(tiny_recipe(), run_dir, repo_id="org/tiny", api=api)
+    assert uploaded == [] and not api.create_tag.called
+    assert read_json(run_dir / "manifest.json") == before
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(run_dir, tmp_path, capsys):
+    api, _ = _api("e" * 40)
+    before = read_json(run_dir / "manifest.json")
+    out = tmp_path / "out"
+    result = pub.publish(
+        tiny_recipe(), run_dir, to=out, repo_id="org/tiny", with_generator=True, dry_run=True, api=api
+    )
+    printed = capsys.readouterr().out
+    assert (
+        "data/train-00000-of-00001.parquet" in printed and "prompts/prompts-00000-of-00001.parquet" in printed
+    )
+    assert "create_tag('org/tiny', tag='v0.1.0'" in printed and "org/tiny-generator" in printed
+    assert "checkpoints" not in printed and ".complete.json" not in printed
+    assert result["dry_run"] is True and result["calls"] == 7
+    assert api.method_calls == [] and not out.exists()
+    assert read_json(run_dir / "manifest.json") == before
+
+
+def test_local_only_publish_does_not_touch_the_hub_or_the_manifest(run_dir, tmp_path):
+    before = copy.deepcopy(read_json(run_dir / "manifest.json"))
+    result = pub.publish(tiny_recipe(), run_dir, to=tmp_path / "out")
+    assert result["files"] == 5 and "commit" not in result
+    assert read_json(run_dir / "manifest.json") == before
+
+
+def test_publish_needs_filtered_shards(tmp_path):
+    run_dir = tmp_path / "run"
+    manifest = make_run(run_dir)
+    manifest["shards"] = {"raw": []}
+    write_json_atomic(run_dir / "manifest.json", manifest)
+    with pytest.raises(SynthechoError, match="run the filter stage"):
+        pub.publish(tiny_recipe(), run_dir, to=tmp_path / "out")
