@@ -1,0 +1,1 @@
+"""Source datasets: readers for real releases (CAMUS) and the built-in CAMUS-format phantom."""
