@@ -123,9 +123,10 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     # 1-2. Source and records.
     root, name = resolve_source(recipe, run_dir)
     release = detect_release(root) if recipe.source.release == "auto" else recipe.source.release
-    records = read_camus(
-        root, release=release, name=name, validation_patients_2019=recipe.source.validation_patients_2019
-    )
+    # A 2019-layout phantom is small: carve 15% of its training patients for validation and for test
+    # (the CAMUS convention of 50 patients is for the real 450-patient training folder).
+    validation_2019 = recipe.source.validation_patients_2019 if name == "camus" else 0.15
+    records = read_camus(root, release=release, name=name, validation_patients_2019=validation_2019)
     if not records:
         raise SynthechoError(f"no labelled records found under {root}")
 
