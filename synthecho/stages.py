@@ -68,6 +68,10 @@ def mark_done(recipe, run_dir: str | Path, stage: str, info: dict[str, Any], sta
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "info": info,
     }
+    from synthecho.manifest import merge_section
+
+    # Timings go into the manifest too (the card reports them); the marker is still written last.
+    merge_section(run_dir, "stages", **{stage: {"seconds": marker["seconds"], "finished_at": marker["finished_at"]}})
     write_json_atomic(marker_path(run_dir, stage), marker)
     return marker
 
