@@ -1,0 +1,213 @@
+"""Per-row quality checks of generated triplets (DESIGN §8).
+
+Each check is a pure numpy function over stacks of frames, so the filter stage, the tests and anyone
+re-scoring a published corpus compute the same numbers:
+
+- degenerate output: NaN/inf, a constant frame, an empty sector (`degenerate_reason`, `is_degenerate`);
+- mask consistency: Dice per structure between the segmenter's prediction and the row's mask, against
+  the recipe thresholds (`mask_dice`, `mask_consistent`);
+- anatomical plausibility, for masks drawn by the segmenter itself (its own Dice would be 1 by
+  construction): all three structures present, left atrium below the left ventricle, each structure's
+  area within the range seen on real training masks (`AnatomyLimits`, `implausibility`);
+- memorisation: the highest normalised cross-correlation to any real training frame (`CopyIndex`), with a
+  threshold calibrated on the most similar pair of distinct real frames of one heart (ED vs ES of the
+  same patient and view, `CopyIndex.calibrate`).
+
+Reject reasons are checked in this order and the first failing one is recorded (`REJECT_REASONS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from synthecho.labels import LA, LV, STRUCTURES
+from synthecho.metrics import dice_per_image
+
+REJECT_REASONS = ("degenerate", "mask_inconsistent", "implausible_anatomy", "near_copy")
+
+# A frame whose grey levels vary by less than this (standard deviation, 0..255 scale) shows nothing.
+CONSTANT_STD = 1.0
+# A pixel is "lit" above this grey level; a frame with fewer lit pixels than MIN_LIT_FRACTION of its area
+# has an empty sector (real apical frames light roughly half of the square).
+LIT_LEVEL = 8
+MIN_LIT_FRACTION = 0.05
+
+
+# --- degenerate output ------------------------------------------------------------------------------
+
+
+def degenerate_reason(image: np.ndarray) -> str | None:
+    """Why a frame is unusable ("non-finite values", "constant image", "empty sector"), or None.
+
+    Accepts uint8 frames or float frames; floats with a maximum <= 1 are read as [0, 1] intensities and
+    scaled to 0..255 so the same thresholds apply to a generator's raw output and to decoded PNGs.
+    """
+    values = np.asarray(image)
+    if values.size == 0:
+        return "empty sector"
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)):
+            return "non-finite values"
+        values = values.astype(np.float64)
+        if values.max() <= 1.0:
+            values = values * 255.0
+    else:
+        values = values.astype(np.float64)
+    if values.std() < CONSTANT_STD:
+        return "constant image"
+    if np.mean(values > LIT_LEVEL) < MIN_LIT_FRACTION:
+        return "empty sector"
+    return None
+
+
+def is_degenerate(image: np.ndarray) -> bool:
+    """True for a frame with NaN/inf values, a constant frame or an (almost) empty sector."""
+    return degenerate_reason(image) is not None
+
+
+# --- mask consistency -------------------------------------------------------------------------------
+
+
+def mask_dice(predicted: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row Dice of the segmenter's label maps vs the rows' masks: {"lv", "myo", "la"} -> (N,) arrays."""
+    per_image = dice_per_image(predicted, masks)
+    return {name: per_image[name] for name in STRUCTURES}
+
+
+def mask_consistent(dice: dict[str, np.ndarray], thresholds: dict[str, float]) -> np.ndarray:
+    """(N,) bool: every structure's Dice reaches its threshold (a structure missing from `thresholds`
+    is not judged)."""
+    unknown = set(thresholds) - set(STRUCTURES)
+    if unknown:
+        raise ValueError(f"dice thresholds for unknown structures {sorted(unknown)}; use {list(STRUCTURES)}")
+    count = len(next(iter(dice.values())))
+    ok = np.ones(count, dtype=bool)
+    for name, threshold in thresholds.items():
+        ok &= dice[name] >= threshold
+    return ok
+
+
+# --- anatomical plausibility ------------------------------------------------------------------------
+
+
+@dataclass
+class AnatomyLimits:
+    """Allowed area fraction (structure pixels / frame pixels) per structure, from real masks."""
+
+    area_min: dict[str, float]
+    area_max: dict[str, float]
+
+    @classmethod
+    def from_masks(cls, masks: np.ndarray, margin: float = 1.5) -> AnatomyLimits:
+        """Range of each structure's area fraction over real (N, H, W) masks, widened by `margin`
+        (divide the minimum, multiply the maximum): generated hearts may be somewhat smaller or larger
+        than any real training heart, but not several times so."""
+        if len(masks) == 0:
+            raise ValueError("anatomy limits need at least one real mask")
+        fractions = {name: (masks == value).mean(axis=(1, 2)) for name, value in STRUCTURES.items()}
+        return cls(
+            area_min={name: float(f.min() / margin) for name, f in fractions.items()},
+            area_max={name: float(min(1.0, f.max() * margin)) for name, f in fractions.items()},
+        )
+
+    def to_dict(self) -> dict:
+        return {"area_min": self.area_min, "area_max": self.area_max}
+
+
+def implausibility(mask: np.ndarray, limits: AnatomyLimits) -> str | None:
+    """Why one (H, W) label map is not a plausible apical view, or None.
+
+    Apical views are acquired with the probe at the top of the frame: the apex is up and the left atrium
+    lies below the left ventricle (larger row index), in both 2CH and 4CH.
+    """
+    area = mask.size
+    for name, value in STRUCTURES.items():
+        pixels = int(np.count_nonzero(mask == value))
+        if pixels == 0:
+            return f"{name} missing"
+        fraction = pixels / area
+        if not limits.area_min[name] <= fraction <= limits.area_max[name]:
+            return (
+                f"{name} area {fraction:.3f} outside the real range "
+                f"[{limits.area_min[name]:.3f}, {limits.area_max[name]:.3f}]"
+            )
+    lv_row = np.argwhere(mask == LV)[:, 0].mean()
+    la_row = np.argwhere(mask == LA)[:, 0].mean()
+    if la_row <= lv_row:
+        return "la not below lv"
+    return None
+
+
+# --- memorisation (copy similarity) -----------------------------------------------------------------
+
+
+class CopyIndex:
+    """Normalised cross-correlation (NCC) of frames against every real training frame, as matrix products.
+
+    Why NCC rather than SSIM: a near-copy is a training frame with its grey levels or speckle slightly
+    changed; NCC is invariant to gain and offset, and one matrix product compares a batch with all
+    training frames (SSIM would need a windowed pass per pair: N_generated x N_train image filters).
+
+    Why the mean training frame is subtracted first: every apical frame shares the fan, the black outside
+    and the average heart, which alone correlates any two frames. Correlating what each frame adds to that
+    template measures resemblance to one particular training frame, which is what memorisation is; an
+    exact copy still scores 1.0.
+    """
+
+    def __init__(self, train_images: np.ndarray, train_ids: list[str] | None = None):
+        if train_images.ndim != 3 or len(train_images) == 0:
+            raise ValueError(f"copy index needs a (N, H, W) stack of real frames, got {train_images.shape}")
+        self.shape = tuple(train_images.shape[1:])
+        self.template = train_images.reshape(len(train_images), -1).astype(np.float64).mean(axis=0)
+        self.reference = self.standardise(train_images)  # (N_train, D) float32, unit rows
+        self.ids = list(train_ids) if train_ids is not None else [str(i) for i in range(len(train_images))]
+
+    def standardise(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W) -> (N, H*W) float32 rows with zero mean and unit norm (after removing the template)."""
+        if tuple(images.shape[1:]) != self.shape:
+            raise ValueError(
+                f"copy similarity compares frames at the training resolution {self.shape}, got {images.shape[1:]}"
+            )
+        flat = images.reshape(len(images), -1).astype(np.float64) - self.template
+        flat -= flat.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(flat, axis=1, keepdims=True)
+        # The floor keeps an all-template frame (zero residual) finite; it then correlates with nothing.
+        return (flat / np.maximum(norms, 1e-9)).astype(np.float32)
+
+    def nearest(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Highest NCC to any training frame and that frame's index: ((N,) float32, (N,) int64)."""
+        best = np.zeros(len(images), dtype=np.float32)
+        where = np.zeros(len(images), dtype=np.int64)
+        for start in range(0, len(images), batch_size):
+            rows = self.standardise(np.asarray(images[start : start + batch_size]))
+            similarity = rows @ self.reference.T  # (B, N_train): all pairs in one product
+            where[start : start + len(rows)] = similarity.argmax(axis=1)
+            best[start : start + len(rows)] = similarity.max(axis=1)
+        return best, where
+
+    def calibrate(self, records: list[dict]) -> dict:
+        """Threshold = the highest NCC between the ED and ES frames of one patient and view in the
+        training frames (`records` in the order of the frames given to the constructor).
+
+        ED and ES are two different moments of one heart, seen by the same probe: the closest two
+        genuinely distinct real frames get. The maximum (not a quantile) is used so that no real pair of
+        distinct frames would be flagged; anything above it is closer to a training frame than any real
+        frame is to its own heart's other phase. Returns {"threshold", "pairs", "quantiles": {...}}.
+        """
+        if len(records) != len(self.reference):
+            raise ValueError(f"{len(records)} records for {len(self.reference)} training frames")
+        by_key: dict[tuple, dict[str, int]] = {}
+        for index, record in enumerate(records):
+            by_key.setdefault((record["patient"], record["view"]), {})[record["phase"]] = index
+        pairs = [(p["ED"], p["ES"]) for p in by_key.values() if "ED" in p and "ES" in p]
+        if not pairs:
+            raise ValueError("no patient has both ED and ES frames of one view in the training split")
+        first, second = (np.array(side) for side in zip(*pairs, strict=True))
+        values = np.einsum("nd,nd->n", self.reference[first], self.reference[second]).astype(np.float64)
+        return {
+            "threshold": float(values.max()),
+            "pairs": len(pairs),
+            "quantiles": {q: float(np.quantile(values, float(q))) for q in ("0.5", "0.9", "0.99")},
+        }
