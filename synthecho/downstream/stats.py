@@ -1,0 +1,149 @@
+"""Metrics and statistics of the downstream study: HD95 in mm, macro P/R/F1, paired Wilcoxon, mean ± std.
+
+Dice lives in `synthecho.metrics` (shared with the segmenter and the filter); this module adds what only
+the downstream evaluation needs. Everything here is plain numpy/scipy and is tested on hand-computed
+cases (tests/test_downstream_metrics.py).
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+
+# --- HD95 --------------------------------------------------------------------------------------------
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of a boolean mask: pixels of the mask with a 4-neighbour outside it.
+
+    Pixels on the image border count as boundary (the frame edge is a boundary of what we can see).
+    """
+    from scipy.ndimage import binary_erosion
+
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask.copy()
+    return mask & ~binary_erosion(mask, border_value=0)  # default structure: the 4-connected cross
+
+
+def hd95(pred: np.ndarray, target: np.ndarray, spacing_mm: tuple[float, float] = (1.0, 1.0)) -> float:
+    """Symmetric 95th-percentile Hausdorff distance between the surfaces of two 2-D masks, in mm.
+
+    The distances from every prediction-surface pixel to the nearest target-surface pixel and from every
+    target-surface pixel to the nearest prediction-surface pixel are pooled, and their 95th percentile
+    (numpy's linear interpolation) is returned — the medpy `hd95` definition. Distances are Euclidean
+    with the anisotropic pixel spacing `(row_mm, col_mm)` (scipy's `distance_transform_edt(sampling=...)`).
+
+    Empty masks (a structure absent from one or both):
+    - both empty: 0.0 (the two agree that the structure is absent);
+    - exactly one empty: the image diagonal in mm, the largest distance the frame allows. A missing or
+      hallucinated structure is the worst surface error, and a defined value keeps the image in the
+      paired per-image tests instead of silently dropping it (NaN would be dropped by averages).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    pred = np.asarray(pred, dtype=bool)
+    target = np.asarray(target, dtype=bool)
+    if pred.shape != target.shape or pred.ndim != 2:
+        raise ValueError(f"hd95 expects two 2-D masks of the same shape, got {pred.shape} and {target.shape}")
+    row_mm, col_mm = float(spacing_mm[0]), float(spacing_mm[1])
+    pred_any, target_any = pred.any(), target.any()
+    if not pred_any and not target_any:
+        return 0.0
+    if not pred_any or not target_any:
+        return math.hypot(pred.shape[0] * row_mm, pred.shape[1] * col_mm)
+    pred_surface, target_surface = surface(pred), surface(target)
+    # Distance of every pixel to the nearest surface pixel of the other mask (zeros of the input).
+    to_target = distance_transform_edt(~target_surface, sampling=(row_mm, col_mm))
+    to_pred = distance_transform_edt(~pred_surface, sampling=(row_mm, col_mm))
+    distances = np.concatenate([to_target[pred_surface], to_pred[target_surface]])
+    return float(np.percentile(distances, 95))
+
+
+# --- classification ----------------------------------------------------------------------------------
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """(num_classes, num_classes) int64 counts; rows = true class, columns = predicted class."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"labels {y_true.shape} and predictions {y_pred.shape} differ in shape")
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def classification_metrics(y_true, y_pred, num_classes: int = 2) -> dict:
+    """Accuracy and macro-averaged precision, recall and F1 (each class weighted equally).
+
+    A class that is never predicted has precision 0, and one that never occurs has recall 0
+    (scikit-learn's `zero_division=0`): a classifier that always answers "ED" gets no credit for "ES".
+    Per-class F1 is the harmonic mean of that class's precision and recall (0 when both are 0).
+    """
+    matrix = confusion_matrix(y_true, y_pred, num_classes)
+    true_positive = np.diag(matrix).astype(np.float64)
+    predicted = matrix.sum(axis=0).astype(np.float64)
+    actual = matrix.sum(axis=1).astype(np.float64)
+    precision = np.divide(true_positive, predicted, out=np.zeros(num_classes), where=predicted > 0)
+    recall = np.divide(true_positive, actual, out=np.zeros(num_classes), where=actual > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
+    total = matrix.sum()
+    return {
+        "accuracy": float(true_positive.sum() / total) if total else float("nan"),
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+        "f1": float(f1.mean()),
+        "confusion": matrix.tolist(),
+    }
+
+
+# --- statistics over seeds and images ----------------------------------------------------------------
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) across seeds; std is 0.0 for a single value."""
+    values = np.asarray(list(values), dtype=np.float64)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return float(values.mean()), std
+
+
+def paired_wilcoxon(a, b) -> dict:
+    """Two-sided Wilcoxon signed-rank test of paired samples `a` and `b` (scipy.stats.wilcoxon).
+
+    Pairs with a NaN are dropped. Zero differences are dropped too (scipy's default `zero_method="wilcox"`),
+    so `n` is the number of informative pairs. When every difference is zero the two strategies agree on
+    every image: p = 1.0. Returns {"p", "statistic", "n", "mean_difference"} (mean of a - b).
+    """
+    from scipy.stats import wilcoxon
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples must have the same length, got {a.shape} and {b.shape}")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    difference = a[keep] - b[keep]
+    informative = int(np.count_nonzero(difference))
+    mean_difference = float(difference.mean()) if difference.size else float("nan")
+    if informative == 0:
+        return {"p": 1.0, "statistic": 0.0, "n": 0, "mean_difference": mean_difference}
+    result = wilcoxon(a[keep], b[keep])
+    return {
+        "p": float(result.pvalue),
+        "statistic": float(result.statistic),
+        "n": informative,
+        "mean_difference": mean_difference,
+    }
+
+
+def pairwise_wilcoxon(per_image: dict[str, np.ndarray]) -> list[dict]:
+    """Paired Wilcoxon between every pair of strategies: [{"a", "b", "p", "statistic", "n", "mean_difference"}]."""
+    return [
+        {"a": first, "b": second, **paired_wilcoxon(per_image[first], per_image[second])}
+        for first, second in combinations(per_image, 2)
+    ]
