@@ -280,9 +280,11 @@ def test_load_corpus_round_trips_the_published_schema(splits, tmp_path):
         load_corpus(tmp_path, "validation")
 
 
-def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path):
+def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatch):
     from synthecho.downstream import evaluate
     from synthecho.manifest import read_manifest
+
+    monkeypatch.delenv("SYNTHECHO_CLIPSEG_WEIGHTS", raising=False)
 
     run_dir = tmp_path / "run"
     for name in ("train", "validation", "test"):
@@ -319,3 +321,17 @@ def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path):
     assert "per_image" not in segmentation  # per-image arrays stay in downstream/results.json
     assert (run_dir / "downstream" / "results.json").is_file()
     assert evaluate.run(recipe, run_dir, progress=False)["skipped"] is True
+
+
+def test_evaluate_with_only_skipped_tasks_reports_why(splits, tmp_path, monkeypatch):
+    from synthecho.downstream import evaluate
+
+    monkeypatch.delenv("SYNTHECHO_CLIPSEG_WEIGHTS", raising=False)
+    run_dir = tmp_path / "run"
+    for name in ("train", "validation", "test"):
+        write_real(run_dir, splits[name])
+    recipe = recipe_from_dict({"name": "tiny", "evaluate": {"tasks": ["clipseg"], "real_caps": [0.5, 1.0]}})
+    result = evaluate.run(recipe, run_dir, progress=False)
+    assert result["tasks"] == [] and result["caps"] == []
+    assert not (run_dir / "caps").exists()  # nothing to train: no capped generator either
+    assert "Skipped: no local CLIPSeg weights" in (run_dir / "reports" / "downstream.md").read_text()

@@ -531,7 +531,8 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
         },
         "caps": {},
     }
-    for cap in sorted(set(config.real_caps), reverse=True):
+    # No runnable task (e.g. only clipseg without weights): nothing to train, so no capped sub-run either.
+    for cap in sorted(set(config.real_caps), reverse=True) if tasks else []:
         cap_run = (
             run_dir if cap >= 1 else prepare_cap_run(recipe, run_dir, cap, force=force, progress=progress)
         )
@@ -560,13 +561,14 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     write_json_atomic(run_dir / "downstream" / "results.json", study)
     reports = run_dir / "reports"
     write_text_atomic(reports / REPORT_MD, render_markdown(recipe, study))
+    (reports / REPORT_PNG).unlink(missing_ok=True)  # a chart from an earlier study must not outlive it
     render_chart(study, reports / REPORT_PNG)
     summary = _strip_per_image(study)
     summary["test"] = {k: v for k, v in study["test"].items() if k != "ids"}
     summary["files"] = {
         "results": "downstream/results.json",
         "report": f"reports/{REPORT_MD}",
-        "figure": f"reports/{REPORT_PNG}",
+        "figure": f"reports/{REPORT_PNG}" if (reports / REPORT_PNG).is_file() else None,
     }
     update_manifest(
         run_dir,
