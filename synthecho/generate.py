@@ -59,9 +59,12 @@ def worker_slot(shard_index: int | None, num_shards: int | None) -> tuple[int, i
             )
         return shard_index, num_shards, None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch / torchrun
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # cpu=True where there is no GPU: otherwise accelerate sees no distributed setup and every rank
+        # would believe it is the only one (and write every shard).
+        state = PartialState(cpu=not torch.cuda.is_available())
         return state.process_index, state.num_processes, str(state.device)
     return 0, 1, None
 
@@ -388,6 +391,10 @@ def _finalize(recipe, run_dir, plan, shards, markers, settings, device, precisio
     update_manifest(run_dir, **recipe_sections(recipe), environment=environment_info(), generation=generation)
     merge_section(run_dir, "shards", raw=entries)
     merge_section(run_dir, "counts", planned=len(plan), generated=generated)
+    finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    merge_section(
+        run_dir, "stages", generate={"seconds": round(time.time() - started, 3), "finished_at": finished_at}
+    )
     mark_done(
         recipe,
         run_dir,

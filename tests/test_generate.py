@@ -7,6 +7,7 @@ SDM end to end.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -179,7 +180,10 @@ def test_generate_writes_the_planned_rows_and_manifest(real_run):
     assert row["dice_lv"] is None and row["shape_lv"] in {"oval", "circle", "triangle", "rectangle", "square"}
 
     manifest = read_manifest(real_run)
-    assert manifest["counts"] == {"planned": 32, "generated": 32}
+    assert (
+        manifest["counts"] == {"planned": 32, "generated": 32}
+        and manifest["stages"]["generate"]["seconds"] > 0
+    )
     assert manifest["generation"]["rows_planned"] == {"train": 24, "validation": 8}
     assert manifest["generation"]["precision"] == "fp32" and manifest["generation"]["device"] == "cpu"
     assert [entry["path"] for entry in manifest["shards"]["raw"]] == [
@@ -383,3 +387,40 @@ def test_segmenter_supplies_masks_when_the_generator_makes_none(real_run):
     masks = np.stack([decode_png(cell["bytes"]) for cell in table.column("mask").to_pylist()])
     assert np.array_equal(masks, load_segmenter(real_run / "segmenter").predict(images))
     assert set(table.column("mask_source").to_pylist()) == {"segmenter"}
+
+
+def test_launcher_ranks_split_the_shards(tmp_path):
+    """Under `accelerate launch` / torchrun each rank takes its own shards (here 2 CPU ranks, gloo)."""
+    run_dir = tmp_path / "run"
+    write_real(run_dir, {"train": 3, "validation": 1})
+    script = tmp_path / "rank.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, sys
+            sys.path.insert(0, {str(TESTS_DIR)!r})
+            from pathlib import Path
+            from test_generate import SeededSampler, tiny_recipe
+            from synthecho import generate
+            info = generate.run(tiny_recipe(), Path({str(run_dir)!r}), sampler=SeededSampler(), progress=False)
+            print("INFO " + json.dumps(info), flush=True)
+            """
+        )
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    infos = [json.loads(line[5:]) for line in result.stdout.splitlines() if line.startswith("INFO ")]
+    assert sorted((info["shard_index"], info["num_shards"]) for info in infos) == [(0, 2), (1, 2)]
+    assert sum(info["shards_written"] for info in infos) == 4  # every shard once, none twice
+    assert read_manifest(run_dir)["generation"]["workers"] == 2
+    assert Counter(all_ids(run_dir)) == Counter(planned_ids(tiny_recipe(), run_dir))
