@@ -94,9 +94,58 @@ class SdmConfig(Section):
     condition_dropout: float = Field(0.0, ge=0, le=1)  # > 0 enables classifier-free guidance
     train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule, as the SDM/Echo-from-noise config
+    # What the network predicts. SDM predicts the noise ("epsilon"); with the cosine schedule that needs
+    # long training, because near t=T (alpha_bar ~1e-9) its x0 estimate amplifies eps errors ~1e4-fold.
+    # "v_prediction" learns frames that follow their masks in a few hundred steps (CPU demos).
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
 
 
-GeneratorConfig = Annotated[SdmConfig, Field(discriminator="kind")]
+class DdpmConfig(Section):
+    """Unconditional pixel DDPM (DiffEcho), optionally class-conditioned on view x phase in ONE model."""
+
+    kind: Literal["ddpm"] = "ddpm"
+    channels: list[int] = [32, 64, 64]  # UNet widths per level (DiffEcho: 64,64,128,128,256,256 at 128 px)
+    layers_per_block: int = 1  # residual blocks per level; 2 on GPU
+    attention: list[bool] = [False, False, True]  # attention only at the lowest resolution: CPU cost
+    num_head_channels: int = 32  # channels per attention head
+    class_conditional: bool = True  # view x phase class embedding (4 classes) instead of one model per class
+    joint_masks: bool = True  # also generate the 4-class label map as output channels (mask_source generated)
+    train_timesteps: int = 1000  # DiffEcho's DDPMScheduler(1000)
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine: better than linear at small resolutions
+
+
+class SdConfig(Section):
+    """Text-guided latent diffusion on the image-level prompt: SD fine-tune (base_model) or from config."""
+
+    kind: Literal["sd"] = "sd"
+    base_model: str | None = None  # local folder or Hub id of an SD pipeline; None = small models from config
+    base_license: str | None = None  # licence of base_model, copied to the manifest and the card
+    text_encoder: str | None = None  # from config: transformers folder; None = bundled MiniLM (384-d)
+    vae_channels: list[int] = [32, 64]  # from config: AutoencoderKL widths; downsampling 2^(levels-1)
+    latent_channels: int = 4  # from config: as SD's VAE
+    vae_steps: int = Field(300, ge=1)  # from config: VAE steps on real train before the UNet (then frozen)
+    vae_learning_rate: float = 1e-3  # from config: small VAE, short schedule
+    vae_kl_weight: float = 1e-6  # from config: small KL keeps latents near N(0, 1) without blurring
+    unet_channels: list[int] = [32, 64, 64]  # from config: UNet2DConditionModel widths per level
+    layers_per_block: int = 1  # from config: residual blocks per level
+    attention: list[bool] = [False, False, True]  # from config: cross-attention only at the lowest level (CPU)
+    attention_heads: int = 2  # from config: number of heads (diffusers calls it attention_head_dim)
+    cross_attention_dim: int = 384  # from config: the text encoder's hidden size (MiniLM 384)
+    prompt_dropout: float = Field(0.1, ge=0, le=1)  # prompts -> "" this often: classifier-free guidance
+    train_timesteps: int = 1000  # SD's schedule length
+    beta_schedule: str = "scaled_linear"  # SD's schedule (from config); a base model keeps its own
+
+
+class ControlNetConfig(SdConfig):
+    """ControlNet on the 5-class label map + the image-level prompt, over an SD base (fine-tuned or from config)."""
+
+    kind: Literal["controlnet"] = "controlnet"  # type: ignore[assignment]
+    base_steps: int = Field(300, ge=1)  # from config: text-to-image base UNet steps before the ControlNet
+    conditioning_embedding_out_channels: list[int] | None = None  # None = 16*2^i, downsampling = VAE factor
+    conditioning_scale: float = 1.0  # ControlNet residual scale at sampling (diffusers' default)
+
+
+GeneratorConfig = Annotated[SdmConfig | DdpmConfig | SdConfig | ControlNetConfig, Field(discriminator="kind")]
 
 
 class TrainConfig(Section):

@@ -15,7 +15,12 @@ from types import ModuleType
 
 from synthecho.errors import SynthechoError
 
-GENERATOR_MODULES = {"sdm": "synthecho.generators.sdm"}
+GENERATOR_MODULES = {
+    "sdm": "synthecho.generators.sdm",
+    "ddpm": "synthecho.generators.ddpm",
+    "sd": "synthecho.generators.sd",
+    "controlnet": "synthecho.generators.controlnet",
+}
 
 
 def get_generator(kind: str) -> ModuleType:
