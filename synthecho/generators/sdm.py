@@ -1,0 +1,476 @@
+"""`sdm`: semantic diffusion, a pixel-space DDPM conditioned on the 5-class label map.
+
+Two variants of the denoiser (`generator.variant`):
+- `spade`: MONAI `SPADEDiffusionModelUNet`: the one-hot label map modulates every decoder normalisation
+  (SPADE), as SDM and Echo from noise do;
+- `concat`: a diffusers `UNet2DModel` that reads the one-hot map as 5 extra input channels; about 4x
+  cheaper on a CPU (DESIGN §10), so the CPU demo uses it.
+
+Classifier-free guidance: with probability `condition_dropout` a training map is replaced by the all-zero
+"null" map; sampling with guidance_scale s != 1 mixes eps_null + s * (eps_cond - eps_null).
+
+Saved folder (`out_dir`, self-describing):
+    synthecho_generator.json        {"kind": "sdm", "variant", "resolution", "config", "mask_source"}
+    unet/                           concat: diffusers save_pretrained; spade: config.json + safetensors
+    scheduler/scheduler_config.json the training DDPMScheduler (any sampler is built from it)
+    loss_curve.png, sample_grid.png what training looked like
+    checkpoints/                    resume state (not part of the published model)
+The saved weights are the EMA weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthecho import labels as lab
+from synthecho.errors import SynthechoError
+from synthecho.generators.base import SAMPLERS, SampleBatch, make_scheduler, resolve_device, row_noise
+from synthecho.io import read_json, sha256_json, write_json_atomic
+
+KIND = "sdm"
+CONFIG_FILE = "synthecho_generator.json"
+SPADE_WEIGHTS = "diffusion_pytorch_model.safetensors"
+GRID_ROWS = 8
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# --- the denoiser ------------------------------------------------------------------------------------
+
+
+def _norm_groups(channels: list[int]) -> int:
+    """Largest GroupNorm group count <= 32 that divides every level's width (32 for (32, 64, 64))."""
+    return min(32, math.gcd(*channels))
+
+
+def _head_channels(config) -> int:
+    """Channels per attention head: the recipe's value, capped by the narrowest attended level."""
+    attended = [c for c, a in zip(config.channels, config.attention, strict=True) if a] + [
+        config.channels[-1]
+    ]
+    head = min(config.num_head_channels, *attended)  # the middle block (lowest level) always attends
+    bad = [c for c in attended if c % head]
+    if bad:
+        raise SynthechoError(
+            f"generator.num_head_channels {config.num_head_channels} must divide the width of every attention "
+            f"level (channels {config.channels}, attention {config.attention}); {bad} do not divide by {head}."
+        )
+    return head
+
+
+def unet_config(config, resolution: int) -> dict[str, Any]:
+    """Constructor arguments of the variant's UNet for an `SdmConfig` at `resolution`."""
+    channels = list(config.channels)
+    if len(config.attention) != len(channels):
+        raise SynthechoError(
+            f"generator.attention has {len(config.attention)} entries but generator.channels has "
+            f"{len(channels)}: give one true/false per level."
+        )
+    levels = 2 ** (len(channels) - 1)
+    if resolution % levels:
+        raise SynthechoError(
+            f"resolution {resolution} is not divisible by {levels} ({len(channels)} UNet levels): change "
+            f"prepare.resolution or generator.channels."
+        )
+    head = _head_channels(config)
+    groups = _norm_groups(channels)
+    if config.variant == "concat":
+        return {
+            "sample_size": resolution,
+            "in_channels": 1 + lab.NUM_CONDITION_CLASSES,
+            "out_channels": 1,
+            "block_out_channels": channels,
+            "layers_per_block": config.layers_per_block,
+            "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention],
+            "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention)],
+            "attention_head_dim": head,
+            "norm_num_groups": groups,
+            "add_attention": True,  # middle block attention, as MONAI's (which cannot turn it off)
+        }
+    return {
+        "spatial_dims": 2,
+        "in_channels": 1,
+        "out_channels": 1,
+        "label_nc": lab.NUM_CONDITION_CLASSES,
+        "channels": channels,
+        "attention_levels": list(config.attention),
+        "num_res_blocks": config.layers_per_block,
+        "num_head_channels": [min(head, c) for c in channels],
+        "norm_num_groups": groups,
+    }
+
+
+class SdmDenoiser(torch.nn.Module):
+    """eps = denoiser(noisy (B,1,H,W), timesteps (B,), one-hot label map (B,5,H,W)), for either variant."""
+
+    def __init__(self, variant: str, unet: torch.nn.Module):
+        super().__init__()
+        self.variant = variant
+        self.unet = unet
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        if self.variant == "concat":
+            return self.unet(torch.cat([noisy, condition], dim=1), timesteps).sample
+        return self.unet(noisy, timesteps, seg=condition)
+
+
+def build_denoiser(variant: str, config: dict[str, Any]) -> SdmDenoiser:
+    if variant == "concat":
+        from diffusers import UNet2DModel
+
+        return SdmDenoiser(variant, UNet2DModel(**config))
+    if variant == "spade":
+        from monai.networks.nets import SPADEDiffusionModelUNet
+
+        return SdmDenoiser(variant, SPADEDiffusionModelUNet(**config))
+    raise SynthechoError(f"generator.variant must be 'concat' or 'spade', got {variant!r}")
+
+
+def training_scheduler_config(config) -> dict[str, Any]:
+    """The noise schedule, saved with the sampling settings every sampler kind reads from it.
+
+    Pixel-space models keep their x0 predictions inside the data range [-1, 1] (guided-diffusion's
+    clip_denoised, which SDM samples with): `clip_sample` for DDPM/DDIM, `thresholding` with
+    `sample_max_value` 1 (a plain clip to [-1, 1]) for DPM-Solver++/UniPC. Near the noisiest step of the
+    cosine schedule alpha_bar is ~1e-9, so an unclipped x0 estimate multiplies any eps error by ~1e4.
+    `trailing` spacing starts few-step samplers at the noisiest trained step.
+    """
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(
+        num_train_timesteps=config.train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        clip_sample=True,
+        clip_sample_range=1.0,
+        thresholding=True,
+        sample_max_value=1.0,
+        timestep_spacing="trailing",
+    )
+    # Without the private `_use_default_values` list, `from_config` applies every saved value to the
+    # target scheduler kind instead of silently falling back to that kind's defaults.
+    return {key: value for key, value in scheduler.config.items() if not key.startswith("_")}
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+
+def condition_maps(real) -> np.ndarray:
+    """(N, H, W) uint8 5-class maps of a RealSplit (its masks inside its sectors)."""
+    return np.stack([lab.to_condition_labels(m, s) for m, s in zip(real.masks, real.sectors, strict=True)])
+
+
+def _check_real(real, name: str) -> int:
+    if real is None or len(real) == 0:
+        raise SynthechoError(f"the real {name} split is empty: `prepare` produced no {name} records.")
+    n, height, width = real.images.shape
+    if height != width:
+        raise SynthechoError(f"real {name} frames are {height}x{width}; generators need square frames.")
+    return height
+
+
+def _fingerprint(recipe, resolution: int, real_train) -> str:
+    """What makes a checkpoint resumable: model config, optimisation settings, seed and data."""
+    train = recipe.train.model_dump(mode="json")
+    for free in ("steps", "checkpoint_every", "grid_sampler_steps"):  # may change between resumes
+        train.pop(free)
+    return sha256_json(
+        {
+            "generator": recipe.generator.model_dump(mode="json"),
+            "train": train,
+            "seed": recipe.seed,
+            "resolution": resolution,
+            "data": sha256_json(real_train.ids),
+        }
+    )
+
+
+# --- saving and loading ------------------------------------------------------------------------------
+
+
+def _replace_folder(tmp: Path, final: Path) -> None:
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def save(denoiser: SdmDenoiser, out_dir: Path, config, resolution: int, unet_kwargs: dict) -> None:
+    """Write the self-describing generator folder; the JSON descriptor goes last (it marks completion)."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # 1. The UNet, into a hidden temp folder renamed into place.
+    tmp = out_dir / ".unet.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if config.variant == "concat":
+        denoiser.unet.save_pretrained(tmp, safe_serialization=True)
+    else:
+        tmp.mkdir(parents=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in denoiser.unet.state_dict().items()}
+        save_file(state, str(tmp / SPADE_WEIGHTS))
+        described = {"_class_name": "SPADEDiffusionModelUNet", "_library": "monai", **unet_kwargs}
+        (tmp / "config.json").write_text(json.dumps(described, indent=2) + "\n", encoding="utf-8")
+    _replace_folder(tmp, out_dir / "unet")
+    # 2. The training noise schedule (every sampler is built from it).
+    write_json_atomic(out_dir / "scheduler" / "scheduler_config.json", training_scheduler_config(config))
+    # 3. The descriptor.
+    write_json_atomic(
+        out_dir / CONFIG_FILE,
+        {
+            "kind": KIND,
+            "variant": config.variant,
+            "resolution": resolution,
+            "config": config.model_dump(mode="json"),
+            "mask_source": "conditioning",
+        },
+    )
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise SynthechoError(f"precision must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> SdmSampler:
+    """Load a saved `sdm` folder as a Sampler (dtype: torch dtype, 'fp32', 'bf16', 'fp16' or None=fp32)."""
+    generator_dir = Path(generator_dir)
+    descriptor_path = generator_dir / CONFIG_FILE
+    if not descriptor_path.is_file():
+        raise SynthechoError(
+            f"{descriptor_path} is missing: {generator_dir} is not a trained generator folder."
+        )
+    descriptor = read_json(descriptor_path)
+    if descriptor.get("kind") != KIND:
+        raise SynthechoError(
+            f"{descriptor_path} describes a {descriptor.get('kind')!r} generator, not 'sdm'."
+        )
+    from synthecho.recipe import SdmConfig
+
+    config = SdmConfig.model_validate(descriptor["config"])
+    device = resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype)
+    unet_dir = generator_dir / "unet"
+    if config.variant == "concat":
+        from diffusers import UNet2DModel
+
+        denoiser = SdmDenoiser("concat", UNet2DModel.from_pretrained(unet_dir))
+    else:
+        from safetensors.torch import load_file
+
+        described = read_json(unet_dir / "config.json")
+        kwargs = {k: v for k, v in described.items() if not k.startswith("_")}
+        denoiser = build_denoiser("spade", kwargs)
+        denoiser.unet.load_state_dict(load_file(str(unet_dir / SPADE_WEIGHTS)))
+    scheduler_config = read_json(generator_dir / "scheduler" / "scheduler_config.json")
+    denoiser.to(device=device, dtype=torch_dtype).eval()
+    return SdmSampler(denoiser, scheduler_config, int(descriptor["resolution"]), config, device, torch_dtype)
+
+
+# --- sampling ----------------------------------------------------------------------------------------
+
+
+def _step_noise_seed(seed: int) -> int:
+    """Seed of a row's per-step noise: derived from its seed, unlike any other row's initial noise."""
+    return int(np.random.SeedSequence([int(seed), 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class SdmSampler:
+    """Sampler protocol (synthecho.generators.base): label maps in, frames out; the masks are the inputs."""
+
+    kind = KIND
+    mask_source = "conditioning"
+    uses_prompt = False
+
+    def __init__(self, denoiser: SdmDenoiser, scheduler_config: dict, resolution: int, config, device, dtype):
+        self.denoiser = denoiser
+        self.scheduler_config = scheduler_config
+        self.resolution = resolution
+        self.config = config
+        self.variant = config.variant
+        self.device = device
+        self.dtype = dtype
+
+    def _check(self, labels, seeds) -> np.ndarray:
+        if labels is None:
+            raise SynthechoError("the sdm generator needs conditioning label maps (labels=None given)")
+        labels = np.asarray(labels)
+        expected = (len(seeds), self.resolution, self.resolution)
+        if labels.shape != expected:
+            raise SynthechoError(
+                f"sdm.sample: labels have shape {labels.shape}, expected {expected} (one per seed)"
+            )
+        if labels.size and int(labels.max()) >= lab.NUM_CONDITION_CLASSES:
+            raise SynthechoError(f"sdm.sample: labels must be 5-class maps 0..4, got max {int(labels.max())}")
+        return labels.astype(np.int64)
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        labels: np.ndarray | None,
+        prompts: list[str] | None = None,
+        seeds: list[int] | None = None,
+        *,
+        sampler: str = "dpmsolver++",
+        steps: int = 20,
+        guidance_scale: float = 1.0,
+    ) -> SampleBatch:
+        """(B, H, W) 5-class maps + one seed per row -> (B, H, W) uint8 frames, 0 outside the sector."""
+        if seeds is None:
+            raise SynthechoError("sdm.sample needs one seed per row")
+        if sampler not in SAMPLERS:
+            raise SynthechoError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if steps < 1:
+            raise SynthechoError(f"sampling steps must be >= 1, got {steps}")
+        label_maps = self._check(labels, seeds)
+        batch = len(seeds)
+        if batch == 0:
+            return SampleBatch(np.zeros((0, self.resolution, self.resolution), np.uint8), None)
+        # 1. Conditioning (and the null map for guidance), noise from each row's own seed.
+        condition = torch.from_numpy(lab.one_hot(label_maps, lab.NUM_CONDITION_CLASSES))
+        condition = condition.to(self.device, self.dtype)
+        guided = guidance_scale != 1.0
+        if guided:
+            condition = torch.cat([condition, torch.zeros_like(condition)])
+        scheduler = make_scheduler(sampler, self.scheduler_config)
+        scheduler.set_timesteps(steps, device=self.device)
+        shape = (1, self.resolution, self.resolution)
+        x = row_noise(seeds, shape, device=self.device) * scheduler.init_noise_sigma
+        # Stochastic samplers (ddpm) draw fresh noise each step: one generator per row keeps rows independent.
+        step_kwargs = {}
+        if "generator" in inspect.signature(scheduler.step).parameters:
+            step_kwargs["generator"] = [
+                torch.Generator("cpu").manual_seed(_step_noise_seed(s)) for s in seeds
+            ]
+        # 2. Denoise (float32 state; the model may run in bf16/fp16).
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(x, t)
+            if guided:
+                model_in = torch.cat([model_in, model_in])
+            timesteps = torch.full((model_in.shape[0],), int(t), device=self.device, dtype=torch.long)
+            eps = self.denoiser(model_in.to(self.dtype), timesteps, condition).float()
+            if guided:
+                eps_cond, eps_null = eps.chunk(2)
+                eps = eps_null + guidance_scale * (eps_cond - eps_null)
+            x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+        # 3. [-1, 1] -> uint8, exactly 0 outside the conditioning sector (as real frames are).
+        frames = ((x[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        frames[label_maps == lab.OUTSIDE_SECTOR] = 0
+        return SampleBatch(images=frames, masks=None)
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def _sample_grid(sampler: SdmSampler, reference, path: Path, steps: int) -> None:
+    from synthecho.grids import colorize_condition, save_grid
+
+    count = min(GRID_ROWS, len(reference))
+    picks = np.linspace(0, len(reference) - 1, count).round().astype(int)
+    maps = condition_maps(reference.subset(picks))
+    generated = sampler.sample(maps, [""] * count, list(range(count)), sampler="dpmsolver++", steps=steps)
+    rows = [
+        [colorize_condition(maps[i]), generated.images[i], reference.images[picks[i]]] for i in range(count)
+    ]
+    save_grid(rows, path, labels=["condition", "generated", "real"])
+
+
+def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, progress: bool = True) -> dict:
+    """Train the SDM on real (frame, label map) pairs, save it into `out_dir`, draw the loss and a grid.
+
+    Resumes from `out_dir/checkpoints/` after an interruption. Returns the training figures
+    ({kind, variant, resolution, parameters, steps, start_step, seconds, seconds_per_step, final_loss,
+    losses, device, loss_curve, sample_grid}).
+    """
+    import torch.nn.functional as F
+
+    from synthecho.grids import save_loss_curve
+    from synthecho.training import train_loop
+
+    config, train_config = recipe.generator, recipe.train
+    if config.kind != KIND:
+        raise SynthechoError(f"sdm.train was given a {config.kind!r} generator config")
+    out_dir = Path(out_dir)
+    resolution = _check_real(real_train, "train")
+
+    # 1. The data as compact arrays; batches are random (frame, map) pairs. No flips: apical views have a
+    #    fixed left/right anatomy.
+    frames = real_train.images
+    maps = condition_maps(real_train)
+
+    def sample_batch(rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        picks = rng.integers(0, len(frames), size=train_config.batch_size)
+        images = torch.from_numpy(frames[picks].astype(np.float32) / 127.5 - 1.0)[:, None]
+        condition = torch.from_numpy(lab.one_hot(maps[picks], lab.NUM_CONDITION_CLASSES))
+        return {"images": images, "condition": condition}
+
+    # 2. Model (seeded initialisation) and the epsilon-prediction loss with label-map dropout.
+    unet_kwargs = unet_config(config, resolution)
+    torch.manual_seed(recipe.seed)
+    denoiser = build_denoiser(config.variant, unet_kwargs)
+    from diffusers import DDPMScheduler
+
+    noise_schedule = DDPMScheduler.from_config(training_scheduler_config(config))
+    timesteps_total = noise_schedule.config.num_train_timesteps
+    prediction_type = noise_schedule.config.prediction_type
+
+    def loss_fn(model, batch) -> torch.Tensor:
+        images, condition = batch["images"], batch["condition"]
+        count = images.shape[0]
+        if config.condition_dropout > 0:
+            keep = torch.rand(count, device=images.device) >= config.condition_dropout
+            condition = condition * keep[:, None, None, None].to(condition.dtype)
+        noise = torch.randn_like(images)
+        timesteps = torch.randint(0, timesteps_total, (count,), device=images.device, dtype=torch.long)
+        noisy = noise_schedule.add_noise(images, noise, timesteps)
+        if prediction_type == "v_prediction":
+            target = noise_schedule.get_velocity(images, noise, timesteps)
+        else:
+            target = noise
+        return F.mse_loss(model(noisy, timesteps, condition).float(), target)
+
+    # 3. The shared loop (accelerate, EMA, checkpoints, resume); the model comes back holding the EMA.
+    info = train_loop(
+        denoiser,
+        loss_fn,
+        sample_batch,
+        steps=train_config.steps,
+        checkpoint_dir=out_dir / "checkpoints",
+        learning_rate=train_config.learning_rate,
+        ema_decay=train_config.ema_decay,
+        checkpoint_every=train_config.checkpoint_every,
+        mixed_precision=train_config.mixed_precision,
+        gradient_accumulation_steps=train_config.gradient_accumulation_steps,
+        seed=recipe.seed,
+        fingerprint=_fingerprint(recipe, resolution, real_train),
+        progress=progress,
+        description=f"train sdm/{config.variant}",
+    )
+
+    # 4. Save, then prove the saved folder loads by drawing the sample grid from it.
+    save(denoiser.to("cpu", torch.float32), out_dir, config, resolution, unet_kwargs)
+    save_loss_curve(info["losses"], out_dir / "loss_curve.png", title=f"sdm/{config.variant} training loss")
+    sampler = load(out_dir, device=info["device"])
+    reference = real_validation if real_validation is not None and len(real_validation) else real_train
+    _sample_grid(sampler, reference, out_dir / "sample_grid.png", train_config.grid_sampler_steps)
+    return {
+        "kind": KIND,
+        "variant": config.variant,
+        "resolution": resolution,
+        "parameters": sum(p.numel() for p in denoiser.parameters()),
+        **info,
+        "loss_curve": "loss_curve.png",
+        "sample_grid": "sample_grid.png",
+    }
