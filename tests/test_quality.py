@@ -151,6 +151,38 @@ def test_inception_absence_is_reported(tmp_path, monkeypatch):
     assert path is None and "missing.pt" in note and "does not exist" in note
 
 
+def test_inception_features_load_a_local_torchscript_file(tmp_path):
+    """The Inception path's plumbing (any file name, clean-fid's model class and resizer, grey -> RGB),
+    checked with a stand-in torchscript file of the same interface, since the real weights cannot be
+    downloaded here: features are the mean of clean-fid's normalised 299 px input."""
+    import torch
+
+    from synthecho.quality.metrics import InceptionFeatures
+
+    class Layers(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 1).repeat(1, 683, 1, 1)[:, :2048]
+
+    class StandIn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = Layers()
+
+        def forward(self, x, return_features: bool = False):
+            return self.layers(x)
+
+    weights = tmp_path / "my-inception-copy.pt"
+    torch.jit.script(StandIn()).save(str(weights))
+    path, note = resolve_inception_weights(str(weights), "UNUSED_ENV")
+    assert path == weights and "my-inception-copy.pt" in note
+    images = np.stack([np.full((32, 32), 40, np.uint8), np.full((32, 32), 200, np.uint8)])
+    images[:, :8] = 0
+    features = InceptionFeatures(path)(images)
+    assert features.shape == (2, 2048) and features.dtype == np.float64
+    expected = (images.astype(np.float64).mean(axis=(1, 2)) - 128) / 128  # bicubic keeps the mean ~exactly
+    assert np.allclose(features[:, 0], expected, atol=0.02) and np.all(features[:, 1] == features[:, 0])
+
+
 # --- per-row checks on phantom frames -----------------------------------------------------------------
 
 

@@ -528,7 +528,7 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     from synthecho.quality.metrics import resolve_inception_weights
     from synthecho.real import load_real
     from synthecho.segmenter import load_segmenter
-    from synthecho.shards import read_marker, shard_matches_marker
+    from synthecho.shards import read_marker, remove_shard, shard_matches_marker
 
     run_dir = Path(run_dir)
     if not force and is_current(recipe, run_dir, STAGE):
@@ -581,6 +581,10 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
         if force or not fresh:
             marker = score_shard(raw_path, raw_marker, path, context, settings, run_dir)
         scored.append((shard, path, marker))
+    current = {path.name for _, path, _ in scored}
+    for stale in (run_dir / "shards" / "scored").glob("*.parquet"):  # from an earlier, larger plan
+        if stale.name not in current:
+            remove_shard(stale)
 
     # 4. Publishable splits, and what is measured on them.
     classifier, classifier_metrics = train_attribute_classifier(

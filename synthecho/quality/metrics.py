@@ -66,13 +66,18 @@ def fid(real_features: np.ndarray, synthetic_features: np.ndarray) -> float:
     """Fréchet distance of Gaussians fitted to two feature sets (clean-fid's `fid_from_feats`)."""
     import contextlib
     import io
+    import warnings
 
     from cleanfid.fid import fid_from_feats
+    from scipy.linalg import LinAlgWarning
 
     if min(len(real_features), len(synthetic_features)) < 2:
         raise ValueError("FID needs at least 2 images on each side (a covariance)")
-    # clean-fid prints a note when it regularises a singular covariance product; keep stdout clean.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # With fewer images than dimensions the covariances are singular: scipy warns and clean-fid prints a
+    # note while it regularises. That is the known small-N bias of FID (why KID is the headline), not an
+    # error, so keep the output clean.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", LinAlgWarning)
         return float(fid_from_feats(real_features, synthetic_features))
 
 

@@ -33,6 +33,7 @@ CONSTANT_STD = 1.0
 # has an empty sector (real apical frames light roughly half of the square).
 LIT_LEVEL = 8
 MIN_LIT_FRACTION = 0.05
+CHUNK = 256  # frames standardised / compared per matrix product (bounded memory at 256 px)
 
 
 # --- degenerate output ------------------------------------------------------------------------------
@@ -160,8 +161,15 @@ class CopyIndex:
         if train_images.ndim != 3 or len(train_images) == 0:
             raise ValueError(f"copy index needs a (N, H, W) stack of real frames, got {train_images.shape}")
         self.shape = tuple(train_images.shape[1:])
-        self.template = train_images.reshape(len(train_images), -1).astype(np.float64).mean(axis=0)
-        self.reference = self.standardise(train_images)  # (N_train, D) float32, unit rows
+        flat = train_images.reshape(len(train_images), -1)
+        # Chunked: at 256 px a CAMUS train split in float64 would need ~1 GB at once.
+        total = np.zeros(flat.shape[1], np.float64)
+        for start in range(0, len(flat), CHUNK):
+            total += flat[start : start + CHUNK].sum(axis=0, dtype=np.float64)
+        self.template = total / len(flat)
+        self.reference = np.concatenate(  # (N_train, D) float32, unit rows
+            [self.standardise(train_images[start : start + CHUNK]) for start in range(0, len(flat), CHUNK)]
+        )
         self.ids = list(train_ids) if train_ids is not None else [str(i) for i in range(len(train_images))]
 
     def standardise(self, images: np.ndarray) -> np.ndarray:
@@ -176,7 +184,7 @@ class CopyIndex:
         # The floor keeps an all-template frame (zero residual) finite; it then correlates with nothing.
         return (flat / np.maximum(norms, 1e-9)).astype(np.float32)
 
-    def nearest(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(self, images: np.ndarray, batch_size: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
         """Highest NCC to any training frame and that frame's index: ((N,) float32, (N,) int64)."""
         best = np.zeros(len(images), dtype=np.float32)
         where = np.zeros(len(images), dtype=np.int64)
