@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from synthecho.quality.metrics import compare, kid, resolve_inception_weights
-from synthecho.quality.scores import AnatomyLimits, CopyIndex, implausibility, is_degenerate
+from synthecho.quality.scores import (
+    AnatomyLimits,
+    CopyIndex,
+    degenerate_reason,
+    implausibility,
+    is_degenerate,
+)
 
 RESOLUTION = 64
 
@@ -102,6 +108,10 @@ def test_degenerate_frames_are_detected():
     empty = np.zeros((32, 32), np.uint8)
     empty[10, 10:14] = 200  # a few lit pixels, no sector
     assert is_degenerate(empty)
+    binary = np.where(frame > 120, 255, 0).astype(np.uint8)  # a diverged sampler: black and white only
+    assert "saturated" in degenerate_reason(binary)
+    clipped = np.where(frame > 60, 255, frame).astype(np.uint8)  # many levels, but most of the fan at 255
+    assert "saturated" in degenerate_reason(clipped)
 
 
 # --- KID / FID ---------------------------------------------------------------------------------------
@@ -236,6 +246,21 @@ def test_segmenter_masks_get_plausibility_not_dice(phantom):
 
     result = score_rows(validation.images[:2], np.stack([mask, mask[::-1]]), ["segmenter"] * 2, context)
     assert result["dice_lv"] == [None, None] and result["reject_reason"] == [None, "implausible_anatomy"]
+
+
+def test_attribute_classifier_learns_view_and_is_seeded(phantom):
+    import torch
+
+    from synthecho.quality.attributes import train_attribute_classifier
+
+    train, validation = phantom["real"]["train"], phantom["real"]["validation"]
+    torch.manual_seed(1)  # the caller's RNG state must not matter
+    first, metrics = train_attribute_classifier(train, validation, steps=200, progress=False)
+    torch.manual_seed(2)
+    second, _ = train_attribute_classifier(train, validation, steps=200, progress=False)
+    assert np.array_equal(first.logits(validation.images), second.logits(validation.images))
+    assert metrics["validation"]["view_accuracy"] >= 0.75, metrics
+    assert metrics["train"]["view_accuracy"] >= 0.9 and metrics["train"]["phase_accuracy"] >= 0.75, metrics
 
 
 # --- the stage ---------------------------------------------------------------------------------------

@@ -91,6 +91,32 @@ def agreement(predicted: dict[str, np.ndarray], views, phases) -> dict[str, floa
     }
 
 
+def _fit(network, images: np.ndarray, records: list[dict], steps, batch_size, learning_rate, seed, progress):
+    """The training loop: AdamW with a cosine schedule, random batches with gain jitter."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    views, phases = (torch.from_numpy(targets) for targets in _targets(records))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    rng = np.random.default_rng(seed)
+    inputs = _to_input(images)  # small after pooling: keep the whole split as one tensor
+    network.train()
+    for _ in tqdm(range(steps), desc="attribute classifier", disable=not progress, leave=False):
+        index = torch.from_numpy(rng.integers(0, len(inputs), size=min(batch_size, len(inputs))))
+        # Brightness jitter (gain): attributes must not be read off the overall grey level.
+        gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(len(index), 1, 1, 1)).astype(np.float32))
+        logits = network((inputs[index] * gain).clamp(0, 1))
+        loss = F.cross_entropy(logits[:, : len(VIEWS)], views[index])
+        loss = loss + F.cross_entropy(logits[:, len(VIEWS) :], phases[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    network.eval()
+
+
 def train_attribute_classifier(
     train: RealSplit,
     validation: RealSplit,
@@ -102,39 +128,23 @@ def train_attribute_classifier(
     progress: bool = True,
 ) -> tuple[AttributeClassifier, dict]:
     """Train on real train frames; return the classifier and {"validation": {view_accuracy,
-    phase_accuracy}, "train": {...}, "steps", "seconds", "n_train", "n_validation"}. Seeded."""
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
+    phase_accuracy}, "train": {...}, "steps", "seconds", "n_train", "n_validation"}.
 
-    views, phases = _targets(train.records)
-    with torch.random.fork_rng(devices=[]):  # the caller's torch RNG is left as it was
-        torch.manual_seed(seed)
-        network = _build_network()
-    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    rng = np.random.default_rng(seed)
-    inputs = _to_input(train.images)  # small after pooling: keep the whole split as one tensor
-    view_targets, phase_targets = torch.from_numpy(views), torch.from_numpy(phases)
+    Seeded: initialisation and dropout draw from a torch RNG seeded here (inside `fork_rng`, so the result
+    does not depend on what ran before and the caller's RNG is left as it was), batches from numpy.
+    """
+    import torch
 
     started = time.perf_counter()
-    network.train()
     # One thread: the layers are so small that thread synchronisation costs more than it saves (measured
     # 5 ms vs 60 ms per step on a busy 2-core machine). The caller's setting is restored afterwards.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for _ in tqdm(range(steps), desc="attribute classifier", disable=not progress, leave=False):
-            index = torch.from_numpy(rng.integers(0, len(inputs), size=min(batch_size, len(inputs))))
-            # Brightness jitter (gain): attributes must not be read off the overall grey level.
-            gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(len(index), 1, 1, 1)).astype(np.float32))
-            logits = network((inputs[index] * gain).clamp(0, 1))
-            loss = F.cross_entropy(logits[:, : len(VIEWS)], view_targets[index])
-            loss = loss + F.cross_entropy(logits[:, len(VIEWS) :], phase_targets[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = _build_network()
+            _fit(network, train.images, train.records, steps, batch_size, learning_rate, seed, progress)
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - started

@@ -3,7 +3,8 @@
 Each check is a pure numpy function over stacks of frames, so the filter stage, the tests and anyone
 re-scoring a published corpus compute the same numbers:
 
-- degenerate output: NaN/inf, a constant frame, an empty sector (`degenerate_reason`, `is_degenerate`);
+- degenerate output: NaN/inf, a constant frame, an empty sector, saturated near-binary grey levels
+  (`degenerate_reason`, `is_degenerate`);
 - mask consistency: Dice per structure between the segmenter's prediction and the row's mask, against
   the recipe thresholds (`mask_dice`, `mask_consistent`);
 - anatomical plausibility, for masks drawn by the segmenter itself (its own Dice would be 1 by
@@ -33,6 +34,11 @@ CONSTANT_STD = 1.0
 # has an empty sector (real apical frames light roughly half of the square).
 LIT_LEVEL = 8
 MIN_LIT_FRACTION = 0.05
+# Saturated output (a sampler that diverged, an overflow in the uint8 conversion) is near-binary: real
+# frames show >100 distinct grey levels and well under 1% of their lit pixels at the top of the range.
+MIN_GREY_LEVELS = 16
+SATURATED_LEVEL = 250
+MAX_SATURATED_FRACTION = 0.5
 CHUNK = 256  # frames standardised / compared per matrix product (bounded memory at 256 px)
 
 
@@ -40,7 +46,8 @@ CHUNK = 256  # frames standardised / compared per matrix product (bounded memory
 
 
 def degenerate_reason(image: np.ndarray) -> str | None:
-    """Why a frame is unusable ("non-finite values", "constant image", "empty sector"), or None.
+    """Why a frame is unusable ("non-finite values", "constant image", "empty sector", "saturated: ..."),
+    or None.
 
     Accepts uint8 frames or float frames; floats with a maximum <= 1 are read as [0, 1] intensities and
     scaled to 0..255 so the same thresholds apply to a generator's raw output and to decoded PNGs.
@@ -58,13 +65,21 @@ def degenerate_reason(image: np.ndarray) -> str | None:
         values = values.astype(np.float64)
     if values.std() < CONSTANT_STD:
         return "constant image"
-    if np.mean(values > LIT_LEVEL) < MIN_LIT_FRACTION:
+    lit = values > LIT_LEVEL
+    if np.mean(lit) < MIN_LIT_FRACTION:
         return "empty sector"
+    levels = len(np.unique(np.round(values)))
+    if levels < MIN_GREY_LEVELS:
+        return f"saturated: only {levels} grey levels"
+    saturated = float(np.mean(values[lit] >= SATURATED_LEVEL))
+    if saturated > MAX_SATURATED_FRACTION:
+        return f"saturated: {saturated:.0%} of the sector at >= {SATURATED_LEVEL}"
     return None
 
 
 def is_degenerate(image: np.ndarray) -> bool:
-    """True for a frame with NaN/inf values, a constant frame or an (almost) empty sector."""
+    """True for a frame with NaN/inf values, a constant frame, an (almost) empty sector or saturated
+    (near-binary) grey levels."""
     return degenerate_reason(image) is not None
 
 
