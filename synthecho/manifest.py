@@ -122,6 +122,26 @@ def _device_name() -> str:
     return f"cpu: {platform.processor() or platform.machine()}"
 
 
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    """The CPU model: float results of CPU kernels (and so generated pixels) can differ between models."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment_info() -> dict:
     """Versions, platform, device, synthecho version and git commit (for the manifest's "environment")."""
     import synthecho
@@ -131,6 +151,8 @@ def environment_info() -> dict:
         **{name: _version(name) for name in VERSIONED_PACKAGES},
         "platform": platform.platform(),
         "device": _device_name(),
+        "cpu_model": _cpu_model(),
+        "torch_threads": _torch_threads(),
         "synthecho": synthecho.__version__,
         "git_commit": _git_commit(),
     }

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -101,6 +103,19 @@ def write_split(rows: list[dict], path: Path) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+def real_content_hash(rows: list[dict]) -> str:
+    """Hash over ids, decoded pixels and attributes: survives a PNG/pyarrow upgrade, unlike file bytes."""
+    from synthecho.real import decode_png
+
+    digest = hashlib.sha256()
+    for row in rows:
+        scalars = {name: row[name] for name in SCALAR_COLUMNS if name != "source_file"}
+        digest.update(json.dumps(scalars, sort_keys=True, default=str).encode())
+        for name in IMAGE_COLUMNS:
+            digest.update(decode_png(row[name]).tobytes())
+    return digest.hexdigest()
+
+
 def check_patient_splits(rows: list[dict]) -> dict[str, int]:
     """Patients per split; no patient may appear in two splits (that would leak test anatomy)."""
     seen: dict[str, str] = {}
@@ -137,10 +152,11 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
 
     # 5. One file per split.
     out = real_dir(run_dir)
-    counts = {}
+    counts, content = {}, {}
     for split in SPLITS:
         split_rows = [row for row in rows if row["split"] == split]
         counts[split] = len(split_rows)
+        content[split] = real_content_hash(split_rows)
         write_split(split_rows, out / f"{split}.parquet")
 
     note = ""
@@ -167,6 +183,7 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
             "records": counts,
             "patients": patients,
             "resolution": resolution,
+            "real_content_sha256": content,
             "note": note,
         },
     )
