@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from synthecho.errors import SynthechoError
-from synthecho.io import read_json, write_json_atomic, write_text_atomic
+from synthecho.io import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from synthecho.stages import is_current, mark_done, read_marker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -724,6 +724,10 @@ def export_committed(run_dir: Path, repo_root: Path) -> tuple[Path, Path]:
     write_json_atomic(manifest_path, manifest)
     # Render from what was written (JSON round trip), exactly as check_cards will read it.
     write_text_atomic(card_path, render_card(read_json(manifest_path)))
+    # The sample grid travels with the card (the README shows the demo's).
+    grid = run_dir / "reports" / "generator_sample_grid.png"
+    if grid.is_file():
+        write_bytes_atomic(card_path.parent / "sample_grid.png", grid.read_bytes())
     return manifest_path, card_path
 
 

@@ -22,7 +22,9 @@ app = typer.Typer(
     help="Synthetic echocardiography corpora: prepare -> train -> generate -> filter -> evaluate -> card -> publish.",
 )
 
-RecipeOption = Annotated[str, typer.Option("--recipe", "-r", help="recipe name (recipes/NAME.yaml) or YAML path")]
+RecipeOption = Annotated[
+    str, typer.Option("--recipe", "-r", help="recipe name (recipes/NAME.yaml) or YAML path")
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="override a recipe value, e.g. --set train.steps=100 (repeatable)"),
@@ -78,7 +80,9 @@ def phantom(
 
 @app.command()
 @friendly_errors
-def prepare(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False):
+def prepare(
+    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
+):
     """Source dataset -> resized frames, masks, sectors, attributes and prompts in <run>/real/."""
     from synthecho import prepare as stage
 
@@ -88,7 +92,9 @@ def prepare(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption =
 
 @app.command()
 @friendly_errors
-def train(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False):
+def train(
+    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
+):
     """Train the generator and the segmenter on the real train split (resumes after interruption)."""
     from synthecho import train as stage
 
@@ -119,7 +125,9 @@ def generate(
 
 @app.command(name="filter")
 @friendly_errors
-def filter_(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False):
+def filter_(
+    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
+):
     """Score every row (mask consistency, near-copies, degenerate output), FID/KID, keep what passes."""
     from synthecho.quality import filter as stage
 
@@ -129,7 +137,9 @@ def filter_(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption =
 
 @app.command()
 @friendly_errors
-def evaluate(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False):
+def evaluate(
+    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
+):
     """Downstream baselines: segmentation and classification trained on real / synthetic / both."""
     from synthecho.downstream import evaluate as stage
 
@@ -140,12 +150,22 @@ def evaluate(recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption 
 @app.command()
 @friendly_errors
 def card(
-    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="render the card of this recipe's run")] = None,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", "-r", help="render the card of this recipe's run")
+    ] = None,
     set: SetOption = None,
     run_dir: RunDirOption = None,
     force: ForceOption = False,
-    check: Annotated[bool, typer.Option("--check", help="fail if a committed card differs from its manifest")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="fail if a committed card differs from its manifest")
+    ] = False,
     repo_root: Annotated[Path, typer.Option(help="repository holding cards/ and manifests/")] = Path("."),
+    commit: Annotated[
+        bool,
+        typer.Option(
+            "--commit", help="also write manifests/<name>/<version>.json and cards/<name>/ in --repo-root"
+        ),
+    ] = False,
 ):
     """Render the dataset card from the manifest, or --check every committed card."""
     from synthecho import card as stage
@@ -165,6 +185,9 @@ def card(
         raise SynthechoError("pass --recipe to render a card, or --check to verify the committed cards")
     loaded, folder = _load(recipe, set, run_dir)
     _report("card", stage.run(loaded, folder, force=force))
+    if commit:
+        manifest_path, card_path = stage.export_committed(folder, repo_root)
+        typer.echo(f"committed copies: {manifest_path}, {card_path}")
 
 
 @app.command()
@@ -174,9 +197,13 @@ def publish(
     set: SetOption = None,
     run_dir: RunDirOption = None,
     to: Annotated[Path | None, typer.Option("--to", help="lay the Hub repo out in this local folder")] = None,
-    repo_id: Annotated[str | None, typer.Option("--repo-id", help="push to this Hub dataset repo (ORG/NAME)")] = None,
+    repo_id: Annotated[
+        str | None, typer.Option("--repo-id", help="push to this Hub dataset repo (ORG/NAME)")
+    ] = None,
     private: Annotated[bool, typer.Option(help="create the Hub repo private")] = False,
-    with_generator: Annotated[bool, typer.Option(help="also push the generator weights as a model repo")] = False,
+    with_generator: Annotated[
+        bool, typer.Option(help="also push the generator weights as a model repo")
+    ] = False,
     dry_run: Annotated[bool, typer.Option(help="print what would be uploaded, change nothing")] = False,
 ):
     """Publish the filtered corpus (card, data/, prompts config, manifest) to a folder or the Hub."""
@@ -184,7 +211,9 @@ def publish(
 
     loaded, folder = _load(recipe, set, run_dir)
     if to is None and repo_id is None and loaded.publish.repo_id is None:
-        raise SynthechoError("say where to publish: --to DIR, --repo-id ORG/NAME, or publish.repo_id in the recipe")
+        raise SynthechoError(
+            "say where to publish: --to DIR, --repo-id ORG/NAME, or publish.repo_id in the recipe"
+        )
     result = stage.publish(
         loaded,
         folder,

@@ -28,7 +28,9 @@ def stages_to_run(recipe) -> list[str]:
     return [stage for stage in STAGES if stage != "evaluate" or recipe.evaluate.enabled]
 
 
-def build(recipe, run_dir: Path, *, force: bool = False, from_stage: str | None = None, progress: bool = True) -> str:
+def build(
+    recipe, run_dir: Path, *, force: bool = False, from_stage: str | None = None, progress: bool = True
+) -> str:
     """Run the whole pipeline; returns a plain-text summary."""
     run_dir = Path(run_dir)
     stages = stages_to_run(recipe)
@@ -55,7 +57,9 @@ def summarize(recipe, run_dir: Path, results: dict, seconds: float) -> str:
         lines.append(f"  {stage:9s} {status}")
     generation = manifest.get("generation", {})
     if generation.get("images_per_second"):
-        lines.append(f"  generation: {generation['images_per_second']:.2f} images/s on {generation.get('device')}")
+        lines.append(
+            f"  generation: {generation['images_per_second']:.2f} images/s on {generation.get('device')}"
+        )
     counts = manifest.get("counts", {})
     if "passed" in counts:
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(counts.get("rejected", {}).items())) or "none"
@@ -66,6 +70,8 @@ def summarize(recipe, run_dir: Path, results: dict, seconds: float) -> str:
             lines.append(
                 f"  domain KID {split}: {values['kid_mean']:.4f} ± {values.get('kid_std', 0):.4f}, FID {values.get('fid', float('nan')):.2f}"
             )
-    lines.append(f"  outputs: {run_dir / 'data'} (corpus), {run_dir / 'README.md'} (card), "
-                 f"{run_dir / 'manifest.json'}, {run_dir / 'reports'}")
+    lines.append(
+        f"  outputs: {run_dir / 'data'} (corpus), {run_dir / 'README.md'} (card), "
+        f"{run_dir / 'manifest.json'}, {run_dir / 'reports'}"
+    )
     return "\n".join(lines)

@@ -38,7 +38,9 @@ def resolve_source(recipe, run_dir: Path) -> tuple[Path, str]:
     done = folder / ".complete"
     if done.is_file():
         return Path(done.read_text().strip()), "phantom"
-    root = write_phantom(folder, patients=spec.patients, seed=spec.seed, layout=spec.layout, size=tuple(spec.size))
+    root = write_phantom(
+        folder, patients=spec.patients, seed=spec.seed, layout=spec.layout, size=tuple(spec.size)
+    )
     done.write_text(str(root))  # written after the tree: a crash mid-write re-simulates next time
     return root, "phantom"
 
@@ -97,8 +99,17 @@ def write_split(rows: list[dict], path: Path) -> None:
 
     columns = {name: [row[name] for row in rows] for name in SCALAR_COLUMNS + IMAGE_COLUMNS}
     types = {name: pa.binary() for name in IMAGE_COLUMNS}
-    types.update({"age": pa.int32(), "ef": pa.float64(), "spacing_row_mm": pa.float64(), "spacing_col_mm": pa.float64()})
-    table = pa.table({name: pa.array(values, type=types.get(name, pa.string())) for name, values in columns.items()})
+    types.update(
+        {
+            "age": pa.int32(),
+            "ef": pa.float64(),
+            "spacing_row_mm": pa.float64(),
+            "spacing_col_mm": pa.float64(),
+        }
+    )
+    table = pa.table(
+        {name: pa.array(values, type=types.get(name, pa.string())) for name, values in columns.items()}
+    )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
@@ -147,7 +158,9 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
 
     # 3-4. Resize, sector, shapes, prompts.
     resolution = recipe.prepare.resolution
-    rows = [record_row(r, resolution) for r in tqdm(records, desc="prepare", disable=not progress, unit="frame")]
+    rows = [
+        record_row(r, resolution) for r in tqdm(records, desc="prepare", disable=not progress, unit="frame")
+    ]
     patients = check_patient_splits(rows)
 
     # 5. One file per split.

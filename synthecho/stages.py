@@ -59,7 +59,9 @@ def is_current(recipe, run_dir: str | Path, stage: str) -> bool:
     return marker is not None and marker["input_hash"] == stage_input_hash(recipe, run_dir, stage)
 
 
-def mark_done(recipe, run_dir: str | Path, stage: str, info: dict[str, Any], started: float) -> dict[str, Any]:
+def mark_done(
+    recipe, run_dir: str | Path, stage: str, info: dict[str, Any], started: float
+) -> dict[str, Any]:
     """Record that `stage` finished (written last, atomically)."""
     marker = {
         "stage": stage,
@@ -71,7 +73,9 @@ def mark_done(recipe, run_dir: str | Path, stage: str, info: dict[str, Any], sta
     from synthecho.manifest import merge_section
 
     # Timings go into the manifest too (the card reports them); the marker is still written last.
-    merge_section(run_dir, "stages", **{stage: {"seconds": marker["seconds"], "finished_at": marker["finished_at"]}})
+    merge_section(
+        run_dir, "stages", **{stage: {"seconds": marker["seconds"], "finished_at": marker["finished_at"]}}
+    )
     write_json_atomic(marker_path(run_dir, stage), marker)
     return marker
 

@@ -34,38 +34,15 @@ def weights_sha256(folder: Path) -> str:
     return sha256_bytes(listing.encode())
 
 
-def _completed(folder: Path, input_hash: str) -> dict | None:
+def _train_once(recipe, run_dir: Path, part: str, train_fn) -> dict:
+    """Run `train_fn()` unless `<run>/<part>/.complete.json` records the same inputs; return its info."""
+    folder = run_dir / part
+    input_hash = sha256_json([stage_input_hash(recipe, run_dir, "train"), part])
     marker = folder / ".complete.json"
-    if marker.is_file():
-        info = read_json(marker)
-        if info.get("input_hash") == input_hash:
-            return info
-    return None
-
-
-def _train_generator(recipe, run_dir: Path, real_train, real_validation, progress: bool) -> dict:
-    from synthecho.generators import get_generator
-
-    folder = run_dir / "generator"
-    input_hash = sha256_json([stage_input_hash(recipe, run_dir, "train"), "generator"])
-    if done := _completed(folder, input_hash):
+    if marker.is_file() and (done := read_json(marker)).get("input_hash") == input_hash:
         return done["info"]
-    module = get_generator(recipe.generator.kind)
-    info = module.train(recipe, real_train, folder, real_validation=real_validation, progress=progress)
-    info = {key: value for key, value in info.items() if key != "losses"}  # curve is in the PNG
-    write_json_atomic(folder / ".complete.json", {"input_hash": input_hash, "info": info})
-    return info
-
-
-def _train_segmenter(recipe, run_dir: Path, real_train, real_validation, progress: bool) -> dict:
-    from synthecho.segmenter import train_segmenter
-
-    folder = run_dir / "segmenter"
-    input_hash = sha256_json([stage_input_hash(recipe, run_dir, "train"), "segmenter"])
-    if done := _completed(folder, input_hash):
-        return done["info"]
-    info = train_segmenter(recipe.segmenter, real_train, real_validation, folder, seed=recipe.seed, progress=progress)
-    write_json_atomic(folder / ".complete.json", {"input_hash": input_hash, "info": info})
+    info = {key: value for key, value in train_fn(folder).items() if key not in ("losses", "history")}
+    write_json_atomic(marker, {"input_hash": input_hash, "info": info})  # curves are in the PNGs
     return info
 
 
@@ -82,8 +59,26 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     started = time.time()
     real_train, real_validation = load_real(run_dir, "train"), load_real(run_dir, "validation")
 
-    generator_info = _train_generator(recipe, run_dir, real_train, real_validation, progress)
-    segmenter_info = _train_segmenter(recipe, run_dir, real_train, real_validation, progress)
+    from synthecho.generators import get_generator
+    from synthecho.segmenter import train_segmenter
+
+    generator = get_generator(recipe.generator.kind)
+    generator_info = _train_once(
+        recipe,
+        run_dir,
+        "generator",
+        lambda out: generator.train(
+            recipe, real_train, out, real_validation=real_validation, progress=progress
+        ),
+    )
+    segmenter_info = _train_once(
+        recipe,
+        run_dir,
+        "segmenter",
+        lambda out: train_segmenter(
+            recipe.segmenter, real_train, real_validation, out, seed=recipe.seed, progress=progress
+        ),
+    )
 
     reports = run_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
@@ -91,7 +86,9 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
         if (run_dir / "generator" / name).is_file():
             shutil.copyfile(run_dir / "generator" / name, reports / f"generator_{name}")
     if (run_dir / "segmenter" / "training_curve.png").is_file():
-        shutil.copyfile(run_dir / "segmenter" / "training_curve.png", reports / "segmenter_training_curve.png")
+        shutil.copyfile(
+            run_dir / "segmenter" / "training_curve.png", reports / "segmenter_training_curve.png"
+        )
 
     generator_sha = weights_sha256(run_dir / "generator")
     config = recipe.generator.model_dump(mode="json")

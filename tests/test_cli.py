@@ -87,7 +87,9 @@ def break_shape_mismatch(tree):
 
 def break_cfg_key(tree):
     path = patient_dir(tree) / "Info_2CH.cfg"
-    path.write_text("\n".join(line for line in path.read_text().splitlines() if not line.startswith("Age")) + "\n")
+    path.write_text(
+        "\n".join(line for line in path.read_text().splitlines() if not line.startswith("Age")) + "\n"
+    )
     return "Age"
 
 
@@ -151,8 +153,12 @@ def test_missing_root_names_the_key_and_env_var(tmp_path, monkeypatch):
 
 def test_transposed_dataset_fails_the_anatomy_check(tmp_path):
     root = write_camus_2019(tmp_path / "camus", transform=lambda array: array.T.copy())
-    result = prepare(tmp_path, camus_recipe(tmp_path, root, source={"kind": "camus", "root": str(root),
-                                                                     "validation_patients_2019": 1}))
+    result = prepare(
+        tmp_path,
+        camus_recipe(
+            tmp_path, root, source={"kind": "camus", "root": str(root), "validation_patients_2019": 1}
+        ),
+    )
     assert_clean_error(result, "patient000")
 
 
@@ -162,7 +168,9 @@ def test_recipe_errors_name_the_key(tmp_path):
     assert_clean_error(prepare(tmp_path, recipe), "train.stepz", "unknown key")
     result = runner.invoke(app, ["prepare", "--recipe", "demo", "--set", "train.steps=many"])
     assert_clean_error(result, "train.steps")
-    assert_clean_error(runner.invoke(app, ["prepare", "--recipe", "no-such-recipe"]), "no-such-recipe", "demo")
+    assert_clean_error(
+        runner.invoke(app, ["prepare", "--recipe", "no-such-recipe"]), "no-such-recipe", "demo"
+    )
 
 
 def test_prepare_2023_fixture_writes_patient_splits_and_skips_the_rerun(tmp_path, tree):
@@ -171,8 +179,10 @@ def test_prepare_2023_fixture_writes_patient_splits_and_skips_the_rerun(tmp_path
     assert first.exit_code == 0, first.output
     from synthecho.real import load_real
 
-    patients = {split: {r["patient"] for r in load_real(tmp_path / "run", split).records}
-                for split in ("train", "validation", "test")}
+    patients = {
+        split: {r["patient"] for r in load_real(tmp_path / "run", split).records}
+        for split in ("train", "validation", "test")
+    }
     assert patients == {"train": {"patient0001"}, "validation": {"patient0002"}, "test": {"patient0003"}}
     again = prepare(tmp_path, recipe)
     assert again.exit_code == 0 and "skipped" in again.output
