@@ -1,0 +1,235 @@
+"""`controlnet`: a ControlNet on the 5-class label map + the image-level prompt, over a Stable Diffusion base.
+
+- **Fine-tune** (`generator.base_model` set): the base (VAE, text encoder, UNet) is frozen and only the
+  ControlNet trains, initialised from the base UNet's encoder (`ControlNetModel.from_unet`), as DiffEcho
+  trained its SD 1.5 ControlNet.
+- **From config** (`base_model: null`): three phases, in order: the small VAE (`vae_steps`), the base UNet
+  as a text-to-image model (`base_steps`, exactly the `sd` generator), then the ControlNet with that base
+  frozen (`train.steps`). Sequential rather than joint because (1) ControlNet's zero-initialised
+  residuals are designed to steer a denoiser that already works: trained jointly, the base would learn to
+  lean on the label map and the pipeline's text-only branch would be meaningless; (2) `from_unet` then
+  copies a trained encoder, so the ControlNet starts from useful features instead of noise; (3) each
+  phase resumes from its own checkpoints (checkpoints/vae, checkpoints/unet, checkpoints/controlnet).
+
+The conditioning embedding downsamples the one-hot map by 2^(len(conditioning_embedding_out_channels)-1),
+which must equal the VAE's factor so the control features line up with the latents (SD: factor 8,
+(16, 32, 96, 256); the default from-config VAE (32, 64): factor 2, (16, 32)).
+
+Saved folder: a complete `StableDiffusionControlNetPipeline` (controlnet/ beside vae/, text_encoder/,
+tokenizer/, unet/, scheduler/; safetensors) + synthecho_generator.json, loss_curve.png, sample_grid.png.
+Sampling passes the one-hot map (B, 5, H, W) in [0, 1] as the control image (the pipeline's image
+processor leaves a tensor's channels alone); frames are 0 outside the conditioning sector, like real ones.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthecho import labels as lab
+from synthecho.errors import SynthechoError
+from synthecho.generators import sd
+from synthecho.generators.base import SampleBatch
+from synthecho.generators.sdm import _check_real, _resolve_dtype, condition_maps
+
+KIND = "controlnet"
+SD_CONDITIONING_CHANNELS = (16, 32, 96, 256)  # the ControlNet paper's embedding for SD's factor-8 VAE
+
+
+def conditioning_channels_for(config, factor: int) -> list[int]:
+    """The conditioning embedding widths; checked to downsample by exactly the VAE's `factor`."""
+    levels = int(round(math.log2(factor))) + 1
+    if config.conditioning_embedding_out_channels is None:
+        if factor == 8:
+            return list(SD_CONDITIONING_CHANNELS)
+        return [16 * 2**i for i in range(levels)]
+    channels = list(config.conditioning_embedding_out_channels)
+    if 2 ** (len(channels) - 1) != factor:
+        raise SynthechoError(
+            f"generator.conditioning_embedding_out_channels {channels} downsamples the label map by "
+            f"{2 ** (len(channels) - 1)} but the VAE downsamples frames by {factor}: give {levels} widths "
+            f"(e.g. {[16 * 2**i for i in range(levels)]}) or null to derive them."
+        )
+    return channels
+
+
+def build_controlnet(config, unet, factor: int):
+    from diffusers import ControlNetModel
+
+    channels = conditioning_channels_for(config, factor)
+    controlnet = ControlNetModel.from_unet(
+        unet,
+        conditioning_embedding_out_channels=tuple(channels),
+        conditioning_channels=lab.NUM_CONDITION_CLASSES,
+    )
+    # The check the pipeline relies on: control features at the latents' resolution.
+    embedded = 2 ** (len(controlnet.config.conditioning_embedding_out_channels) - 1)
+    assert embedded == factor, f"conditioning embedding downsamples {embedded}x, VAE {factor}x"
+    return controlnet
+
+
+def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> ControlNetSampler:
+    """Load a saved `controlnet` folder (a StableDiffusionControlNetPipeline) as a Sampler."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    generator_dir = Path(generator_dir)
+    described = sd.read_descriptor(generator_dir, KIND)
+    torch_dtype = _resolve_dtype(dtype)
+    controlnet = ControlNetModel.from_pretrained(generator_dir / "controlnet", torch_dtype=torch_dtype)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        generator_dir, controlnet=controlnet, torch_dtype=torch_dtype, local_files_only=True
+    )
+    scale = float(described["config"].get("conditioning_scale", 1.0))
+    return ControlNetSampler(
+        pipe, int(described["resolution"]), sd.resolve_device(device), torch_dtype, scale
+    )
+
+
+class ControlNetSampler(sd.LatentSampler):
+    """Sampler protocol: label maps + prompts in, frames out; the conditioning maps are the masks."""
+
+    kind = KIND
+    mask_source = "conditioning"
+
+    def __init__(self, pipe, resolution: int, device: str, dtype, conditioning_scale: float = 1.0):
+        super().__init__(pipe, resolution, device, dtype)
+        self.conditioning_scale = conditioning_scale
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        labels: np.ndarray | None,
+        prompts: list[str] | None = None,
+        seeds: list[int] | None = None,
+        *,
+        sampler: str = "dpmsolver++",
+        steps: int = 20,
+        guidance_scale: float = 1.0,
+    ) -> SampleBatch:
+        """(B, H, W) 5-class maps + prompts + seeds -> (B, H, W) uint8 frames, 0 outside the sector."""
+        if labels is None:
+            raise SynthechoError("the controlnet generator needs conditioning label maps (labels=None given)")
+        labels = np.asarray(labels)
+        count = len(seeds) if seeds is not None else -1
+        if labels.shape != (count, self.resolution, self.resolution):
+            raise SynthechoError(
+                f"controlnet.sample: labels have shape {labels.shape}, expected "
+                f"({count}, {self.resolution}, {self.resolution}) (one per seed)"
+            )
+        if labels.size and int(labels.max()) >= lab.NUM_CONDITION_CLASSES:
+            raise SynthechoError(
+                f"controlnet.sample: labels must be 5-class maps 0..4, got max {int(labels.max())}"
+            )
+        if count == 0:
+            return SampleBatch(np.zeros((0, self.resolution, self.resolution), np.uint8), None)
+        arguments = self._arguments(prompts, seeds, sampler, steps, guidance_scale)
+        control = torch.from_numpy(lab.one_hot(labels.astype(np.int64), lab.NUM_CONDITION_CLASSES))
+        arguments["image"] = control.to(self.device, self.dtype)
+        arguments["controlnet_conditioning_scale"] = self.conditioning_scale
+        frames = self._gray(self.pipe(**arguments).images)
+        frames[labels == lab.OUTSIDE_SECTOR] = 0
+        return SampleBatch(images=frames, masks=None)
+
+
+def _sample_grid(sampler: ControlNetSampler, reference, picks, path: Path, steps: int) -> None:
+    from synthecho.grids import colorize_condition, save_grid
+
+    maps = condition_maps(reference.subset(picks))
+    prompts = [reference.records[i]["prompt"] for i in picks]
+    generated = sampler.sample(maps, prompts, list(range(len(picks))), steps=steps)
+    rows = [
+        [colorize_condition(maps[row]), generated.images[row], reference.images[i]]
+        for row, i in enumerate(picks)
+    ]
+    save_grid(rows, path, labels=["condition", "generated", "real"])
+
+
+def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, progress: bool = True) -> dict:
+    """Train the ControlNet (and, from config, its VAE and base UNet first); save, curves and grid."""
+    from diffusers import DDPMScheduler, StableDiffusionControlNetPipeline
+
+    config = recipe.generator
+    if config.kind != KIND:
+        raise SynthechoError(f"controlnet.train was given a {config.kind!r} generator config")
+    out_dir = Path(out_dir)
+    resolution = _check_real(real_train, "train")
+
+    # 1. Base: pretrained and frozen, or from config (VAE, then text-to-image UNet trained for base_steps).
+    parts, parts_info = sd.components(recipe, real_train, out_dir, progress)
+    base_losses = []
+    if not config.base_model:
+        base = sd.train_denoiser(
+            recipe, parts, real_train, out_dir, steps=config.base_steps, name="unet", progress=progress
+        )
+        base_losses = base.pop("losses")
+        parts_info["base_unet"] = base
+
+    # 2. ControlNet from the (now frozen) base UNet, trained on (frame, prompt, label map) triplets.
+    factor = sd.vae_factor(parts["vae"])
+    torch.manual_seed(recipe.seed + 2)
+    controlnet = build_controlnet(config, parts["unet"], factor)
+    info = sd.train_denoiser(
+        recipe,
+        parts,
+        real_train,
+        out_dir,
+        steps=recipe.train.steps,
+        name="controlnet",
+        controlnet=controlnet,
+        progress=progress,
+    )
+
+    # 3. Save as a StableDiffusionControlNetPipeline; the grid comes from the saved folder.
+    pipe = StableDiffusionControlNetPipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=parts["unet"],
+        controlnet=controlnet,
+        scheduler=DDPMScheduler.from_config(parts["scheduler_config"]),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    described = sd.descriptor(KIND, config, resolution, "conditioning", parts)
+    described["conditioning_embedding_out_channels"] = list(
+        controlnet.config.conditioning_embedding_out_channels
+    )
+    sd.save_pipeline(pipe, out_dir, described)
+    curves = {"controlnet": info["losses"]}
+    if base_losses:
+        curves = {"base UNet (text-to-image)": base_losses, **curves}
+    _save_curves(curves, out_dir / "loss_curve.png")
+    reference, picks = sd.grid_reference(real_train, real_validation)
+    _sample_grid(
+        load(out_dir, device=info["device"]),
+        reference,
+        picks,
+        out_dir / "sample_grid.png",
+        recipe.train.grid_sampler_steps,
+    )
+    return {
+        "kind": KIND,
+        "resolution": resolution,
+        "base_model": config.base_model,
+        "parameters": sum(p.numel() for p in controlnet.parameters()),
+        **parts_info,
+        **info,
+        "loss_curve": "loss_curve.png",
+        "sample_grid": "sample_grid.png",
+    }
+
+
+def _save_curves(curves: dict[str, list[float]], path: Path) -> None:
+    """One loss curve per training phase, in training order (the ControlNet's last)."""
+    from synthecho.grids import save_loss_curve
+
+    if len(curves) == 1:
+        save_loss_curve(next(iter(curves.values())), path, title="controlnet training loss")
+        return
+    joined = [value for losses in curves.values() for value in losses]
+    phases = " then ".join(f"{name} ({len(losses)} steps)" for name, losses in curves.items())
+    save_loss_curve(joined, path, title=f"loss: {phases}")

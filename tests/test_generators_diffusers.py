@@ -1,0 +1,283 @@
+"""ddpm, sd and controlnet generators: tiny configs train 2 steps, save, load, sample identically; fine-tune path.
+
+The fine-tune path runs against a tiny Stable Diffusion folder this file saves in the real format
+(AutoencoderKL, CLIPTextModel + CLIPTokenizer from a local vocab, UNet2DConditionModel, PNDMScheduler,
+model_index.json): no network.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthecho import labels as lab
+from synthecho.errors import SynthechoError
+from synthecho.generators import controlnet, ddpm, get_generator, sd
+from synthecho.generators.sdm import condition_maps
+from synthecho.real import RealSplit
+from synthecho.recipe import recipe_from_dict
+
+RES = 16
+PROMPTS = [
+    "Two-chamber view of the heart at end of the diastole cycle of a fifty-year-old male with good image quality.",
+    "Four-chamber view of the heart at end of the systole cycle of an eighty-year-old female with poor image quality.",
+]
+TRAIN = {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "grid_sampler_steps": 2}
+LATENT = {"vae_channels": [8, 16], "vae_steps": 2, "unet_channels": [8, 16], "attention": [False, True]}
+
+
+def fake_real(count: int = 6, resolution: int = RES, seed: int = 0) -> RealSplit:
+    """Fan-shaped sector, LV ellipse in a myocardium ring, LA band; view/phase/prompt alternate per row."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:resolution, 0:resolution]
+    sector = (rows >= 1) & (np.abs(cols - resolution / 2 + 0.5) <= rows * 0.6 + 1)
+    images, masks, records = [], [], []
+    for i in range(count):
+        cy, cx = resolution * 0.45 + rng.uniform(-1, 1), resolution / 2 + rng.uniform(-1, 1)
+        distance = ((rows - cy) / (resolution * 0.25)) ** 2 + ((cols - cx) / (resolution * 0.15)) ** 2
+        mask = np.zeros((resolution, resolution), np.uint8)
+        mask[distance < 1.6] = lab.MYO
+        mask[distance < 1] = lab.LV
+        mask[rows > resolution * 0.8] = lab.LA
+        mask[~sector] = 0
+        image = np.clip(rng.normal(120, 30, mask.shape), 1, 255)
+        image[mask == lab.LV] = 15
+        images.append(np.where(sector, image, 0).astype(np.uint8))
+        masks.append(mask)
+        view, phase = ("2CH", "ED") if i % 2 == 0 else ("4CH", "ES")
+        records.append(
+            {
+                "id": f"fake/{i:03d}",
+                "patient": f"p{i}",
+                "view": view,
+                "phase": phase,
+                "prompt": PROMPTS[i % 2],
+            }
+        )
+    return RealSplit("train", records, np.stack(images), np.stack(masks), np.stack([sector] * count))
+
+
+def recipe(generator: dict, **train):
+    return recipe_from_dict({"name": "tiny", "seed": 0, "generator": generator, "train": {**TRAIN, **train}})
+
+
+@pytest.fixture(scope="module")
+def real() -> RealSplit:
+    return fake_real()
+
+
+def assert_trained_folder(folder: Path, info: dict, kind: str) -> dict:
+    described = json.loads((folder / "synthecho_generator.json").read_text())
+    assert described["kind"] == kind and described["resolution"] == RES
+    assert (folder / "loss_curve.png").stat().st_size > 0 and (folder / "sample_grid.png").stat().st_size > 0
+    assert info["steps"] == 2 and np.isfinite(info["final_loss"])
+    assert not list(folder.rglob("*.bin")), "weights must be safetensors"
+    return described
+
+
+# --- ddpm --------------------------------------------------------------------------------------------
+
+
+def test_ddpm_joint_masks_class_conditional(real, tmp_path):
+    generator = {"kind": "ddpm", "channels": [8, 16], "attention": [False, True], "num_head_channels": 8}
+    info = get_generator("ddpm").train(recipe(generator), real, tmp_path, progress=False)
+    described = assert_trained_folder(tmp_path, info, "ddpm")
+    assert described["mask_source"] == "generated"
+
+    first, second = ddpm.load(tmp_path), ddpm.load(tmp_path)
+    assert first.mask_source == "generated" and first.uses_prompt is False
+    a = first.sample(None, PROMPTS, [3, 4], sampler="ddpm", steps=2)
+    b = second.sample(None, PROMPTS, [3, 4], sampler="ddpm", steps=2)
+    assert a.images.shape == (2, RES, RES) and a.images.dtype == np.uint8
+    assert a.masks.shape == (2, RES, RES) and int(a.masks.max()) <= 3
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+    # attributes= gives the same rows as the prompts they were read from; another class changes them
+    attributes = [{"view": "2CH", "phase": "ED"}, {"view": "4CH", "phase": "ES"}]
+    c = first.sample(None, None, [3, 4], sampler="ddpm", steps=2, attributes=attributes)
+    d = first.sample(None, None, [3, 4], sampler="ddpm", steps=2, attributes=attributes[::-1])
+    assert np.array_equal(a.images, c.images) and not np.array_equal(c.images, d.images)
+    with pytest.raises(SynthechoError, match="view and phase"):
+        first.sample(None, ["an echo frame"], [0], steps=2)
+    with pytest.raises(SynthechoError, match="guidance_scale"):
+        first.sample(None, PROMPTS, [3, 4], steps=2, guidance_scale=2.0)
+
+
+def test_ddpm_unconditional_without_masks_uses_the_segmenter(real, tmp_path):
+    generator = {"kind": "ddpm", "channels": [8, 16], "attention": [False, False], "num_head_channels": 8}
+    generator.update(class_conditional=False, joint_masks=False)
+    ddpm.train(recipe(generator, steps=1, checkpoint_every=1), real, tmp_path, progress=False)
+    sampler = ddpm.load(tmp_path)
+    batch = sampler.sample(None, ["", ""], [0, 1], steps=2)
+    assert sampler.mask_source == "segmenter" and batch.masks is None and batch.images.shape == (2, RES, RES)
+
+
+# --- sd / controlnet from config ---------------------------------------------------------------------
+
+
+def test_sd_from_config_pipeline_and_guidance(real, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    info = sd.train(recipe({"kind": "sd", **LATENT, "prompt_dropout": 0.5}), real, tmp_path, progress=False)
+    described = assert_trained_folder(tmp_path, info, "sd")
+    assert described["mask_source"] == "segmenter" and described["vae_factor"] == 2
+    assert info["vae"]["steps"] == 2 and info["vae"]["scaling_factor"] > 0
+    # A standard diffusers pipeline folder; the MiniLM tokenizer saved at 77 tokens, not 512.
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path, local_files_only=True)
+    assert pipe.tokenizer.model_max_length == 77 and pipe.unet.config.cross_attention_dim == 384
+
+    a = sd.load(tmp_path).sample(None, PROMPTS, [5, 6], steps=2, guidance_scale=3.0)
+    b = sd.load(tmp_path).sample(None, PROMPTS, [5, 6], steps=2, guidance_scale=3.0)
+    assert a.images.shape == (2, RES, RES) and a.images.dtype == np.uint8 and a.masks is None
+    assert np.array_equal(a.images, b.images)
+    # a row depends on its own seed only, not on its batch neighbours
+    alone = sd.load(tmp_path).sample(None, PROMPTS[:1], [5], steps=2, guidance_scale=3.0)
+    assert np.array_equal(alone.images[0], a.images[0])
+
+
+def test_controlnet_from_config_follows_sector_and_reloads(real, tmp_path):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    generator = {"kind": "controlnet", **LATENT, "base_steps": 2}
+    info = controlnet.train(recipe(generator), real, tmp_path, progress=False)
+    described = assert_trained_folder(tmp_path, info, "controlnet")
+    assert described["mask_source"] == "conditioning"
+    assert described["conditioning_embedding_out_channels"] == [16, 32]  # downsamples 2x, as the VAE
+    assert info["base_unet"]["steps"] == 2
+    net = ControlNetModel.from_pretrained(tmp_path / "controlnet")
+    StableDiffusionControlNetPipeline.from_pretrained(tmp_path, controlnet=net, local_files_only=True)
+
+    maps = condition_maps(real.subset([0, 1]))
+    a = controlnet.load(tmp_path).sample(maps, PROMPTS, [7, 8], sampler="unipc", steps=2, guidance_scale=2.0)
+    b = controlnet.load(tmp_path).sample(maps, PROMPTS, [7, 8], sampler="unipc", steps=2, guidance_scale=2.0)
+    assert np.array_equal(a.images, b.images) and a.masks is None
+    assert (a.images[maps == lab.OUTSIDE_SECTOR] == 0).all()
+    with pytest.raises(SynthechoError, match="label maps"):
+        controlnet.load(tmp_path).sample(None, PROMPTS, [7, 8], steps=2)
+
+
+def test_conditioning_embedding_must_match_the_vae_factor():
+    config = recipe({"kind": "controlnet", "conditioning_embedding_out_channels": [16, 32, 64]}).generator
+    with pytest.raises(SynthechoError, match="conditioning_embedding_out_channels"):
+        controlnet.conditioning_channels_for(config, 2)
+    assert controlnet.conditioning_channels_for(config, 4) == [16, 32, 64]
+    default = recipe({"kind": "controlnet"}).generator
+    assert controlnet.conditioning_channels_for(default, 8) == [16, 32, 96, 256]
+
+
+# --- fine-tune path: a tiny SD folder in the real format --------------------------------------------
+
+
+def save_tiny_stable_diffusion(folder: Path) -> Path:
+    """A Stable Diffusion 1.x-format pipeline folder with tiny random components (CLIP text encoder)."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab_dir = folder.parent / "clip-vocab"
+    vocab_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in string.ascii_lowercase + string.digits + ".,-":
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    (vocab_dir / "vocab.json").write_text(json.dumps(vocab))
+    (vocab_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(
+        str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=[8, 16],
+        layers_per_block=1,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=8,
+    )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("base") / "tiny-sd")
+
+
+def test_sd_fine_tunes_a_saved_base(real, tiny_base, tmp_path):
+    generator = {"kind": "sd", "base_model": str(tiny_base), "base_license": "test-only"}
+    info = sd.train(recipe(generator), real, tmp_path, progress=False)
+    described = assert_trained_folder(tmp_path, info, "sd")
+    assert described["base_model"] == str(tiny_base) and described["text_encoder"] == "CLIPTextModel"
+    # VAE and text encoder are the base's, unchanged; the UNet moved.
+    from safetensors.torch import load_file
+
+    for part in ("vae", "text_encoder"):
+        before = load_file(next((tiny_base / part).glob("*.safetensors")))
+        after = load_file(next((tmp_path / part).glob("*.safetensors")))
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    unet_before = load_file(next((tiny_base / "unet").glob("*.safetensors")))
+    unet_after = load_file(next((tmp_path / "unet").glob("*.safetensors")))
+    assert any(not torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
+    a = sd.load(tmp_path).sample(None, PROMPTS, [1, 2], steps=2, guidance_scale=2.0)
+    b = sd.load(tmp_path).sample(None, PROMPTS, [1, 2], steps=2, guidance_scale=2.0)
+    assert np.array_equal(a.images, b.images)
+
+
+def test_controlnet_fine_tunes_over_a_frozen_base(real, tiny_base, tmp_path):
+    from safetensors.torch import load_file
+
+    generator = {"kind": "controlnet", "base_model": str(tiny_base)}
+    info = controlnet.train(recipe(generator), real, tmp_path, progress=False)
+    assert_trained_folder(tmp_path, info, "controlnet")
+    assert "base_unet" not in info  # the base is not trained on the fine-tune path
+    before = load_file(next((tiny_base / "unet").glob("*.safetensors")))
+    after = load_file(next((tmp_path / "unet").glob("*.safetensors")))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    maps = condition_maps(real.subset([2, 3]))
+    a = controlnet.load(tmp_path).sample(maps, PROMPTS, [1, 2], steps=2)
+    b = controlnet.load(tmp_path).sample(maps, PROMPTS, [1, 2], steps=2)
+    assert np.array_equal(a.images, b.images)
+
+
+def test_missing_base_model_names_the_key(real, tmp_path):
+    generator = {"kind": "sd", "base_model": str(tmp_path / "no-such-model")}
+    with pytest.raises(SynthechoError, match="generator.base_model"):
+        sd.train(recipe(generator), real, tmp_path / "out", progress=False)
