@@ -335,6 +335,16 @@ def _task_title(name: str) -> str:
     return f"{TASK_TITLES[name]} (ResNet-18)"
 
 
+def _ordered_caps(study: dict) -> list[dict]:
+    """Caps largest first (JSON round-trips sort keys alphabetically, so order explicitly)."""
+    return sorted(study["caps"].values(), key=lambda cap: -cap["cap"])
+
+
+def _ordered(keys, order) -> list[str]:
+    """`keys` in the order of `order` (recipe task order, STRATEGIES)."""
+    return [key for key in order if key in keys]
+
+
 def render_markdown(recipe, study: dict) -> str:
     """`reports/downstream.md`: one section per cap, one table of means and one of p-values per task."""
     from synthecho.downstream.segmentation import STRUCTURE_TITLES
@@ -350,16 +360,26 @@ def render_markdown(recipe, study: dict) -> str:
         f"fraction of seeds classifying the image correctly); Δ = mean difference (first − second).",
         "",
     ]
+    for name in study["tasks"]:
+        settings = study["settings"][name]
+        # The training budget belongs next to the numbers: a --set override changes what they mean.
+        steps = f"{settings['steps']} steps (fine-tune {settings['finetune_steps']})"
+        lines.append(
+            f"- {_task_title(name)}: {steps}, batch {settings['batch_size']}, "
+            f"lr {settings['learning_rate']:g}, selection every {settings['validate_every']} steps"
+        )
+    lines.append("")
     for reason in study["skipped_tasks"].values():
         lines += [f"> Skipped: {reason}", ""]
-    for cap in study["caps"].values():
+    for cap in _ordered_caps(study):
         lines += [
             f"## Real data: {cap['cap'] * 100:g}% of train patients ({cap['real_train_patients']} patients, "
             f"{cap['real_train_frames']} frames; {cap['synthetic_train_rows']} synthetic train rows from "
             f"`{cap['run']}`)",
             "",
         ]
-        for task_name, task in cap["tasks"].items():
+        for task_name in _ordered(cap["tasks"], study["tasks"]):
+            task = cap["tasks"][task_name]
             segmentation_like = task_name == "segmentation" or task_name.startswith("clipseg")
             lines += [f"### {_task_title(task_name)}", ""]
             if segmentation_like:
@@ -373,7 +393,8 @@ def render_markdown(recipe, study: dict) -> str:
                 keys = [(k, 100.0, 1) for k in ("accuracy", "precision", "recall", "f1")]
             lines.append("| strategy | real frames | synthetic rows | " + " | ".join(header) + " |")
             lines.append("|" + "---|" * (3 + len(header)))
-            for strategy, entry in task["strategies"].items():
+            for strategy in _ordered(task["strategies"], STRATEGIES):
+                entry = task["strategies"][strategy]
                 title = STRATEGY_TITLES[strategy]
                 if "skipped" in entry:
                     lines.append(
@@ -387,7 +408,7 @@ def render_markdown(recipe, study: dict) -> str:
             lines.append("")
             tests = task["wilcoxon"]
             if any(tests.values()):
-                metrics = list(tests)
+                metrics = _ordered(tests, [f"dice_{n}" for n in STRUCTURE_TITLES] + ["correct"])
                 titles = [
                     STRUCTURE_TITLES.get(m.removeprefix("dice_"), m) + " Dice"
                     if m.startswith("dice_")
@@ -408,9 +429,8 @@ def render_markdown(recipe, study: dict) -> str:
                     )
                 lines.append("")
     lines += [
-        "Reproduce: `synthecho evaluate --recipe "
-        + recipe.name
-        + "` (cached units are reused; `--force` redoes them).",
+        f"Reproduce: `synthecho evaluate --recipe {recipe.name}` with the settings above (recipe "
+        f"sha256 {recipe.content_hash()[:12]}; cached units are reused, `--force` redoes them).",
         "",
     ]
     return "\n".join(lines)
@@ -425,8 +445,8 @@ def render_chart(study: dict, path: Path) -> None:
 
     from synthecho.downstream.segmentation import STRUCTURE_TITLES
 
-    caps = list(study["caps"].values())
-    task_names = list(dict.fromkeys(name for cap in caps for name in cap["tasks"]))
+    caps = _ordered_caps(study)
+    task_names = [name for name in study["tasks"] if any(name in cap["tasks"] for cap in caps)]
     if not task_names:
         return
     figure, axes = plt.subplots(
@@ -445,7 +465,9 @@ def render_chart(study: dict, path: Path) -> None:
                 ylabel = "test Dice"
             else:
                 keys, labels, ylabel = ["accuracy", "f1"], ["accuracy", "macro F1"], "test score"
-            strategies = [s for s, entry in task["strategies"].items() if "skipped" not in entry]
+            strategies = [
+                s for s in _ordered(task["strategies"], STRATEGIES) if "skipped" not in task["strategies"][s]
+            ]
             width = 0.8 / max(1, len(strategies))
             for index, strategy in enumerate(strategies):
                 metrics = task["strategies"][strategy]["metrics"]
