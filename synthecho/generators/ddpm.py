@@ -333,7 +333,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     )
 
     # 4. Save, then draw the grid from the saved folder (proves it loads).
-    save(unet.to("cpu", torch.float32), out_dir, config, resolution)
+    save(unet.to("cpu"), out_dir, config, resolution)
     save_loss_curve(info["losses"], out_dir / "loss_curve.png", title="ddpm training loss")
     reference = real_validation if real_validation is not None and len(real_validation) else real_train
     _sample_grid(

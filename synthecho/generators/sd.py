@@ -222,7 +222,7 @@ def train_vae(recipe, real_train, out_dir: Path, progress: bool) -> tuple[Any, d
         description=f"train {config.kind}/vae",
         **_train_kwargs(recipe, progress),
     )
-    vae = trainee.vae.to("cpu", torch.float32).requires_grad_(False).eval()
+    vae = trainee.vae.to("cpu").requires_grad_(False).eval()
     # SD scales latents to unit variance (0.18215 for its VAE); measure it for this one (posterior means,
     # deterministic, so a resumed run gets the same factor).
     with torch.no_grad():
@@ -366,7 +366,7 @@ def train_denoiser(
         **_train_kwargs(recipe, progress),
     )
     for module in frozen + [trained]:
-        module.to("cpu", torch.float32).requires_grad_(False).eval()
+        module.to("cpu").requires_grad_(False).eval()
     return info
 
 
