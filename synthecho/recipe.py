@@ -112,6 +112,8 @@ class DdpmConfig(Section):
     joint_masks: bool = True  # also generate the 4-class label map as output channels (mask_source generated)
     train_timesteps: int = 1000  # DiffEcho's DDPMScheduler(1000)
     beta_schedule: str = "squaredcos_cap_v2"  # cosine: better than linear at small resolutions
+    # epsilon (DiffEcho) needs long training with the cosine schedule; v_prediction works in short CPU runs
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
 
 
 class SdConfig(Section):

@@ -95,7 +95,7 @@ def unet_config(config, resolution: int) -> dict[str, Any]:
 
 
 def training_scheduler_config(config) -> dict[str, Any]:
-    """DDPM noise schedule (epsilon prediction, as DiffEcho) with x0 kept in [-1, 1] by every sampler.
+    """DDPM noise schedule (`prediction_type` of the config) with x0 kept in [-1, 1] by every sampler.
 
     Same sampling settings as `sdm` (see its docstring): clip/threshold x0 to the data range, `trailing`
     spacing so few-step samplers start at the noisiest trained step.
@@ -105,7 +105,7 @@ def training_scheduler_config(config) -> dict[str, Any]:
     scheduler = DDPMScheduler(
         num_train_timesteps=config.train_timesteps,
         beta_schedule=config.beta_schedule,
-        prediction_type="epsilon",
+        prediction_type=config.prediction_type,
         clip_sample=True,
         clip_sample_range=1.0,
         thresholding=True,
@@ -245,8 +245,8 @@ class DdpmSampler:
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(x, t).to(self.dtype)
             timesteps = torch.full((count,), int(t), device=self.device, dtype=torch.long)
-            eps = self.unet(model_in, timesteps, class_labels=classes).sample.float()
-            x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+            prediction = self.unet(model_in, timesteps, class_labels=classes).sample.float()
+            x = scheduler.step(prediction, t, x, **step_kwargs).prev_sample
         frames = ((x[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
         masks = x[:, 1:].argmax(dim=1).to(torch.uint8).cpu().numpy() if self.config.joint_masks else None
         return SampleBatch(images=frames, masks=masks)
@@ -312,7 +312,10 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         t = torch.randint(0, total, (x.shape[0],), device=x.device, dtype=torch.long)
         class_labels = batch["classes"] if config.class_conditional else None
         prediction = model(noise_schedule.add_noise(x, noise, t), t, class_labels=class_labels).sample
-        return F.mse_loss(prediction.float(), noise)
+        target = (
+            noise_schedule.get_velocity(x, noise, t) if config.prediction_type == "v_prediction" else noise
+        )
+        return F.mse_loss(prediction.float(), target)
 
     # 3. Shared loop (the model comes back holding its EMA weights).
     info = train_loop(
