@@ -131,6 +131,16 @@ def _torch_threads() -> int | None:
         return None
 
 
+def _cpu_capability() -> str | None:
+    """The SIMD level torch's CPU kernels were dispatched for (AVX2, AVX512, ...): it changes float rounding."""
+    try:
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        return None
+
+
 def _cpu_model() -> str | None:
     """The CPU model: float results of CPU kernels (and so generated pixels) can differ between models."""
     try:
@@ -152,6 +162,7 @@ def environment_info() -> dict:
         "platform": platform.platform(),
         "device": _device_name(),
         "cpu_model": _cpu_model(),
+        "cpu_capability": _cpu_capability(),
         "torch_threads": _torch_threads(),
         "synthecho": synthecho.__version__,
         "git_commit": _git_commit(),
