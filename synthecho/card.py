@@ -510,6 +510,46 @@ def _flatten(value: Any, prefix: str = "") -> list[dict]:
     return [{"key": _cell(prefix), "value": _num(value)}]
 
 
+STRATEGY_NAMES = {
+    "real": "real only",
+    "synthetic": "synthetic only",
+    "pretrain_finetune": "synthetic → real fine-tune",
+    "real_plus_synthetic": "real + synthetic",
+}
+# (task, metric keys shown, column titles); metrics are fractions rendered as percentages.
+DOWNSTREAM_COLUMNS = {
+    "segmentation": (
+        ("dice_lv_endo", "dice_lv_epi", "dice_la"),
+        ("LV endo Dice %", "LV epi Dice %", "LA Dice %"),
+    ),
+    "phase": (("accuracy", "f1"), ("ED/ES accuracy %", "ED/ES macro F1 %")),
+    "view": (("accuracy", "f1"), ("2CH/4CH accuracy %", "2CH/4CH macro F1 %")),
+}
+
+
+def _downstream_tables(downstream: dict) -> list[dict]:
+    """One table per (real-data cap, task): strategy rows, mean ± std over seeds of the headline metrics."""
+    tables = []
+    for cap_key in sorted(downstream.get("caps", {})):
+        cap = downstream["caps"][cap_key]
+        for task, (keys, titles) in DOWNSTREAM_COLUMNS.items():
+            strategies = cap.get("tasks", {}).get(task, {}).get("strategies", {})
+            rows = []
+            for name in downstream.get("strategies", list(strategies)):
+                if name not in strategies:
+                    continue
+                metrics = strategies[name]["metrics"]
+                cells = [
+                    f"{100 * metrics[k]['mean']:.1f} ± {100 * metrics[k]['std']:.1f}" if k in metrics else "–"
+                    for k in keys
+                ]
+                rows.append({"strategy": STRATEGY_NAMES.get(name, name), "cells": cells})
+            if rows:
+                title = f"{task}, {100 * float(cap.get('cap', 1.0)):.0f}% of real train patients"
+                tables.append({"title": title, "columns": titles, "rows": rows})
+    return tables
+
+
 def _environment(manifest: dict) -> dict:
     env = manifest.get("environment") or {}
     flat = {row["key"]: row["value"] for row in _flatten(env)}
@@ -583,8 +623,11 @@ def card_context(manifest: dict) -> dict:
         or "Inception-feature metrics were not computed for this version.",
         "attribute_fidelity": _attribute_fidelity(manifest),
         "segmenter_summary": _segmenter_summary(manifest),
-        "downstream_intro": "Results of `synthecho evaluate` as recorded in the manifest (real test split):",
-        "downstream_rows": _flatten(downstream) if downstream else [],
+        "downstream_intro": (
+            "Models trained by `synthecho evaluate` and tested on the real test split; mean ± std over "
+            "seeds (per-seed values, HD95 and paired Wilcoxon p-values are in `manifest.json`)."
+        ),
+        "downstream_tables": _downstream_tables(downstream) if downstream else [],
         "shards": [
             {
                 "path": shard.get("path"),
