@@ -96,11 +96,32 @@ def test_downstream_results_and_publish_target_are_rendered(run):
     _, manifest = run
     manifest = {
         **manifest,
-        "downstream": {"segmentation": {"synthetic": {"dice_lv_endo": {"mean": 0.812, "std": 0.02}}}},
+        "downstream": {
+            "strategies": ["real", "synthetic"],
+            "caps": {
+                "cap-1": {
+                    "cap": 1.0,
+                    "tasks": {
+                        "segmentation": {
+                            "strategies": {
+                                "synthetic": {
+                                    "metrics": {
+                                        "dice_lv_endo": {"mean": 0.812, "std": 0.02},
+                                        "dice_lv_epi": {"mean": 0.9, "std": 0.01},
+                                        "dice_la": {"mean": 0.7, "std": 0.05},
+                                    }
+                                }
+                            }
+                        }
+                    },
+                }
+            },
+        },
         "publish": {"repo_id": "org/tiny", "tag": "v0.1.0", "generator_repo_id": "org/tiny-generator"},
     }
     text = card.render_card(manifest)
-    assert "| segmentation / synthetic / dice_lv_endo / mean | 0.812 |" in text
+    assert "**segmentation, 100% of real train patients**" in text
+    assert "| synthetic only | 81.2 ± 2.0 | 90.0 ± 1.0 | 70.0 ± 5.0 |" in text
     assert 'load_dataset("org/tiny", revision="v0.1.0")' in text
     assert "[org/tiny-generator](https://huggingface.co/org/tiny-generator)" in text
     assert "has not been pushed to the Hub yet" not in text
@@ -146,10 +167,13 @@ def test_stage_writes_readme_and_refreshes_the_dataset_section(run):
     assert readme == card.render_card(manifest) and "Renamed." in readme
     assert card.run(recipe, run_dir, progress=False)["skipped"] is True
     # A later stage changed the manifest: the README is re-rendered although the stage inputs did not change.
-    manifest["downstream"] = {"segmentation": {"real": {"dice": 0.5}}}
+    accuracy = {"accuracy": {"mean": 0.5, "std": 0.0}, "f1": {"mean": 0.4, "std": 0.1}}
+    manifest["downstream"] = {
+        "caps": {"cap-1": {"cap": 1.0, "tasks": {"view": {"strategies": {"real": {"metrics": accuracy}}}}}}
+    }
     write_json_atomic(run_dir / "manifest.json", manifest)
     assert card.run(recipe, run_dir, progress=False)["skipped"] is False
-    assert "segmentation / real / dice" in (run_dir / "README.md").read_text(encoding="utf-8")
+    assert "| real only | 50.0 ± 0.0 | 40.0 ± 10.0 |" in (run_dir / "README.md").read_text(encoding="utf-8")
 
 
 def test_export_then_check_passes_and_fails_on_a_stale_card(run, tmp_path):
