@@ -9,7 +9,7 @@ columns plus the filter verdict (`SCORED_FEATURES`).
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 
 VIEWS = ("2CH", "4CH")
 PHASES = ("ED", "ES")
@@ -31,7 +31,7 @@ MASK_TRANSFORM_FIELDS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def corpus_features():
     """Columns of a published row, in order."""
     from datasets import ClassLabel, Features, Image, Value
@@ -73,7 +73,7 @@ def corpus_features():
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def scored_features():
     """Published columns plus the filter's verdict (kept in the run dir, rejected rows included)."""
     from datasets import Features, Value
