@@ -54,6 +54,17 @@ def _load(recipe: str, overrides: list[str] | None, run_dir: Path | None):
     return loaded, loaded.resolve_run_dir(run_dir)
 
 
+def _run_stage(stage: str, recipe: str, overrides, run_dir, force: bool, **options) -> None:
+    """Load the recipe and run one stage through the module `build` uses for it (pipeline.STAGE_MODULES)."""
+    import importlib
+
+    from synthecho.pipeline import STAGE_MODULES
+
+    loaded, folder = _load(recipe, overrides, run_dir)
+    module = importlib.import_module(STAGE_MODULES[stage])
+    _report(stage, module.run(loaded, folder, force=force, **options))
+
+
 def _report(stage: str, result: dict) -> None:
     if result.get("skipped"):
         typer.echo(f"{stage}: up to date, skipped (use --force to redo)")
@@ -84,10 +95,7 @@ def prepare(
     recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
 ):
     """Source dataset -> resized frames, masks, sectors, attributes and prompts in <run>/real/."""
-    from synthecho import prepare as stage
-
-    loaded, folder = _load(recipe, set, run_dir)
-    _report("prepare", stage.run(loaded, folder, force=force))
+    _run_stage("prepare", recipe, set, run_dir, force)
 
 
 @app.command()
@@ -96,10 +104,7 @@ def train(
     recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
 ):
     """Train the generator and the segmenter on the real train split (resumes after interruption)."""
-    from synthecho import train as stage
-
-    loaded, folder = _load(recipe, set, run_dir)
-    _report("train", stage.run(loaded, folder, force=force))
+    _run_stage("train", recipe, set, run_dir, force)
 
 
 @app.command()
@@ -114,13 +119,9 @@ def generate(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: recipe)")] = None,
 ):
     """Mass-produce triplets into <run>/shards/raw/ (skips completed shards)."""
-    from synthecho import generate as stage
-
-    loaded, folder = _load(recipe, set, run_dir)
-    result = stage.run(
-        loaded, folder, force=force, shard_index=shard_index, num_shards=num_shards, device=device
+    _run_stage(
+        "generate", recipe, set, run_dir, force, shard_index=shard_index, num_shards=num_shards, device=device
     )
-    _report("generate", result)
 
 
 @app.command(name="filter")
@@ -129,10 +130,7 @@ def filter_(
     recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
 ):
     """Score every row (mask consistency, near-copies, degenerate output), FID/KID, keep what passes."""
-    from synthecho.quality import filter as stage
-
-    loaded, folder = _load(recipe, set, run_dir)
-    _report("filter", stage.run(loaded, folder, force=force))
+    _run_stage("filter", recipe, set, run_dir, force)
 
 
 @app.command()
@@ -141,10 +139,7 @@ def evaluate(
     recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
 ):
     """Downstream baselines: segmentation and classification trained on real / synthetic / both."""
-    from synthecho.downstream import evaluate as stage
-
-    loaded, folder = _load(recipe, set, run_dir)
-    _report("evaluate", stage.run(loaded, folder, force=force))
+    _run_stage("evaluate", recipe, set, run_dir, force)
 
 
 @app.command()
