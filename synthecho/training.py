@@ -149,6 +149,19 @@ def _clear_stale(checkpoint_dir: Path, fingerprint: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def recipe_loop_settings(recipe, progress: bool) -> dict[str, Any]:
+    """The `train_loop` keywords every generator takes from the recipe's `train` section and seed."""
+    t = recipe.train
+    return {
+        "ema_decay": t.ema_decay,
+        "checkpoint_every": t.checkpoint_every,
+        "mixed_precision": t.mixed_precision,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "seed": recipe.seed,
+        "progress": progress,
+    }
+
+
 def train_loop(
     model: torch.nn.Module,
     loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],

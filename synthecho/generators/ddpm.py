@@ -282,7 +282,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     from diffusers import DDPMScheduler, UNet2DModel
 
     from synthecho.grids import save_loss_curve
-    from synthecho.training import train_loop
+    from synthecho.training import recipe_loop_settings, train_loop
 
     config, train_config = recipe.generator, recipe.train
     if config.kind != KIND:
@@ -325,14 +325,9 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         steps=train_config.steps,
         checkpoint_dir=out_dir / "checkpoints",
         learning_rate=train_config.learning_rate,
-        ema_decay=train_config.ema_decay,
-        checkpoint_every=train_config.checkpoint_every,
-        mixed_precision=train_config.mixed_precision,
-        gradient_accumulation_steps=train_config.gradient_accumulation_steps,
-        seed=recipe.seed,
         fingerprint=_fingerprint(recipe, resolution, real_train),
-        progress=progress,
         description="train ddpm",
+        **recipe_loop_settings(recipe, progress),
     )
 
     # 4. Save, then draw the grid from the saved folder (proves it loads).

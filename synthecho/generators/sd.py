@@ -187,21 +187,9 @@ class VaeTrainee(torch.nn.Module):
         return F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x) + self.kl_weight * kl
 
 
-def _train_kwargs(recipe, progress: bool) -> dict[str, Any]:
-    t = recipe.train
-    return {
-        "ema_decay": t.ema_decay,
-        "checkpoint_every": t.checkpoint_every,
-        "mixed_precision": t.mixed_precision,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "seed": recipe.seed,
-        "progress": progress,
-    }
-
-
 def train_vae(recipe, real_train, out_dir: Path, progress: bool) -> tuple[Any, dict]:
     """From config: train the AutoencoderKL on real frames, freeze it, set its latent scaling factor."""
-    from synthecho.training import train_loop
+    from synthecho.training import recipe_loop_settings, train_loop
 
     config, batch_size = recipe.generator, recipe.train.batch_size
     frames = real_train.images
@@ -220,7 +208,7 @@ def train_vae(recipe, real_train, out_dir: Path, progress: bool) -> tuple[Any, d
         learning_rate=config.vae_learning_rate,
         fingerprint=sha256_json([_fingerprint(recipe, frames.shape[1], real_train), "vae"]),
         description=f"train {config.kind}/vae",
-        **_train_kwargs(recipe, progress),
+        **recipe_loop_settings(recipe, progress),
     )
     vae = trainee.vae.to("cpu").requires_grad_(False).eval()
     # SD scales latents to unit variance (0.18215 for its VAE); measure it for this one (posterior means,
@@ -284,7 +272,7 @@ def train_denoiser(
     from synthecho import labels as lab
     from synthecho.generators.sdm import condition_maps
     from synthecho.generators.text import tokenize
-    from synthecho.training import train_loop
+    from synthecho.training import recipe_loop_settings, train_loop
 
     config, batch_size = recipe.generator, recipe.train.batch_size
     vae, text_encoder, unet = parts["vae"], parts["text_encoder"], parts["unet"]
@@ -363,7 +351,7 @@ def train_denoiser(
         learning_rate=recipe.train.learning_rate,
         fingerprint=sha256_json([_fingerprint(recipe, frames.shape[1], real_train), name]),
         description=f"train {config.kind}/{name}",
-        **_train_kwargs(recipe, progress),
+        **recipe_loop_settings(recipe, progress),
     )
     for module in frozen + [trained]:
         module.to("cpu").requires_grad_(False).eval()

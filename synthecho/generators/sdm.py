@@ -397,7 +397,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     import torch.nn.functional as F
 
     from synthecho.grids import save_loss_curve
-    from synthecho.training import train_loop
+    from synthecho.training import recipe_loop_settings, train_loop
 
     config, train_config = recipe.generator, recipe.train
     if config.kind != KIND:
@@ -449,14 +449,9 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         steps=train_config.steps,
         checkpoint_dir=out_dir / "checkpoints",
         learning_rate=train_config.learning_rate,
-        ema_decay=train_config.ema_decay,
-        checkpoint_every=train_config.checkpoint_every,
-        mixed_precision=train_config.mixed_precision,
-        gradient_accumulation_steps=train_config.gradient_accumulation_steps,
-        seed=recipe.seed,
         fingerprint=_fingerprint(recipe, resolution, real_train),
-        progress=progress,
         description=f"train sdm/{config.variant}",
+        **recipe_loop_settings(recipe, progress),
     )
 
     # 4. Save, then prove the saved folder loads by drawing the sample grid from it.
