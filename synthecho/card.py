@@ -226,8 +226,10 @@ def card_data(manifest: dict):
     corpus_splits, prompt_splits = SplitDict(), SplitDict()
     for split in splits:
         corpus_splits.add(SplitInfo(name=split, num_bytes=sizes[split], num_examples=rows[split]))
+    # The prompts config is built by publish; the filter stage measured its Arrow size (0 if unknown).
+    prompt_bytes = int(_get(manifest, "shards.prompts.arrow_bytes", 0) or 0)
     prompt_splits.add(
-        SplitInfo(name="train", num_bytes=0, num_examples=sum(rows.values()) * prompts_per_row())
+        SplitInfo(name="train", num_bytes=prompt_bytes, num_examples=sum(rows.values()) * prompts_per_row())
     )
     total = sum(sizes.values())
     infos = {"prompts": DatasetInfo(features=prompt_features(), splits=prompt_splits)}
@@ -486,6 +488,23 @@ def _attribute_fidelity(manifest: dict) -> str:
     )
 
 
+def mask_fidelity_sentence(fidelity: dict | None) -> str:
+    """The filter's `mask_fidelity` metric as a sentence (card and reports/quality.md)."""
+    if not fidelity:
+        return (
+            "Not measured: no row's mask was judged (masks drawn by the filter segmenter itself say nothing "
+            "about how well the generator follows a mask)."
+        )
+    dice, ceiling = fidelity["mean_dice"], fidelity["ceiling_dice"]
+    return (
+        f"The filter segmenter finds the rows' anatomy in the generated frames with mean Dice LV "
+        f"{_num(dice['lv'])}, myocardium {_num(dice['myo'])}, LA {_num(dice['la'])} (all "
+        f"{fidelity['rows']} judged rows, before filtering); on real {fidelity['ceiling_split']} frames "
+        f"it scores LV {_num(ceiling['lv'])}, myocardium {_num(ceiling['myo'])}, LA {_num(ceiling['la'])}, "
+        f"the ceiling for a generator that follows its masks exactly."
+    )
+
+
 def _segmenter_summary(manifest: dict) -> str:
     seg = manifest.get("segmenter") or {}
     dice = seg.get("validation_dice") or {}
@@ -622,6 +641,9 @@ def card_context(manifest: dict) -> dict:
         "inception_note": metrics.get("inception_note")
         or "Inception-feature metrics were not computed for this version.",
         "attribute_fidelity": _attribute_fidelity(manifest),
+        "mask_fidelity": mask_fidelity_sentence(_get(manifest, "metrics.mask_fidelity"))
+        if "mask_fidelity" in (manifest.get("metrics") or {})
+        else "Not recorded for this version.",
         "segmenter_summary": _segmenter_summary(manifest),
         "downstream_intro": (
             "Models trained by `synthecho evaluate` and tested on the real test split; mean ± std over "

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from synthecho.errors import SynthechoError
-from synthecho.stages import STAGES, invalidate
+from synthecho.stages import STAGES, invalidate, is_current
 
 STAGE_MODULES = {
     "prepare": "synthecho.prepare",
@@ -32,13 +32,17 @@ def build(
     recipe, run_dir: Path, *, force: bool = False, from_stage: str | None = None, progress: bool = True
 ) -> str:
     """Run the whole pipeline; returns a plain-text summary."""
+    from synthecho import preflight
+
     run_dir = Path(run_dir)
     stages = stages_to_run(recipe)
-    if from_stage is not None:
-        if from_stage not in stages:
-            raise SynthechoError(f"--from {from_stage!r}: expected one of {', '.join(stages)}")
-        for stage in stages[stages.index(from_stage) :]:
-            invalidate(run_dir, stage)
+    if from_stage is not None and from_stage not in stages:
+        raise SynthechoError(f"--from {from_stage!r}: expected one of {', '.join(stages)}")
+    redo = stages[stages.index(from_stage) :] if from_stage is not None else []
+    # Everything this build will run must find its inputs before anything starts (or is invalidated).
+    preflight.check(recipe, {s for s in stages if force or s in redo or not is_current(recipe, run_dir, s)})
+    for stage in redo:
+        invalidate(run_dir, stage)
     started = time.time()
     results = {}
     for stage in stages:

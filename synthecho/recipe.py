@@ -136,6 +136,9 @@ class SdConfig(Section):
     prompt_dropout: float = Field(0.1, ge=0, le=1)  # prompts -> "" this often: classifier-free guidance
     train_timesteps: int = 1000  # SD's schedule length
     beta_schedule: str = "scaled_linear"  # SD's schedule (from config); a base model keeps its own
+    # From config: SD 1.5 predicts epsilon (its default here). v_prediction (as SD 2) gets usable frames
+    # from a few hundred CPU steps: structure at high noise is learnt first. A base model keeps its own.
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
 
 
 class ControlNetConfig(SdConfig):
@@ -143,6 +146,7 @@ class ControlNetConfig(SdConfig):
 
     kind: Literal["controlnet"] = "controlnet"  # type: ignore[assignment]
     base_steps: int = Field(300, ge=1)  # from config: text-to-image base UNet steps before the ControlNet
+    base_learning_rate: float | None = None  # from config: the base UNet's; None = train.learning_rate
     conditioning_embedding_out_channels: list[int] | None = None  # None = 16*2^i, downsampling = VAE factor
     conditioning_scale: float = 1.0  # ControlNet residual scale at sampling (diffusers' default)
 

@@ -1,8 +1,10 @@
 """Parquet shards of the corpus: writing, completion markers, content hashes, verification.
 
 A shard is written to a temporary file and renamed into place; only then is its completion marker
-`<shard>.done.json` written ({rows, bytes, sha256, content_hash, ids_first, ids_last, ...}). A shard
-without a marker, or whose file no longer matches its marker, is unfinished and gets redone.
+`.markers/<shard>.json` written beside it ({rows, bytes, sha256, content_hash, ids_first, ids_last, ...}).
+A shard without a marker, or whose file no longer matches its marker, is unfinished and gets redone.
+Markers live in a hidden folder so that a shard folder holds only Parquet files: `datasets` skips hidden
+paths, so `load_dataset("<run>/data")` reads the corpus as it is.
 
 Files carry the corpus schema (`synthecho.schema`) in their `huggingface` metadata, so
 `datasets.load_dataset("parquet", ...)` decodes `image`/`mask` as PIL images and attributes as ClassLabels.
@@ -37,9 +39,12 @@ CDC_MIN_PYARROW = 21  # pyarrow 21 added use_content_defined_chunking
 # --- markers --------------------------------------------------------------------------------------------
 
 
+MARKER_DIR = ".markers"
+
+
 def marker_path(shard_path: str | os.PathLike) -> Path:
     shard_path = Path(shard_path)
-    return shard_path.with_name(shard_path.name + ".done.json")
+    return shard_path.parent / MARKER_DIR / f"{shard_path.name}.json"
 
 
 def read_marker(shard_path: str | os.PathLike) -> dict | None:

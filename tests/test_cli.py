@@ -192,3 +192,40 @@ def test_help_is_fast_and_imports_no_heavy_library():
     code = "import sys, synthecho.cli; print(any(m in sys.modules for m in ('torch', 'diffusers', 'datasets', 'SimpleITK')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# --- build checks its outside inputs before any work --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sdm-9k", "ddpm-9k", "sd-9k", "controlnet-9k"])
+def test_9k_recipes_stop_before_any_work_naming_what_is_missing(name, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("SYNTHECHO_CAMUS_ROOT", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["build", "--recipe", name, "--run-dir", str(run_dir)])
+    assert_clean_error(result, "nothing was started", "source.root", "SYNTHECHO_CAMUS_ROOT")
+    needs_base = name in ("sd-9k", "controlnet-9k")
+    assert ("generator.base_model" in result.output) == needs_base, result.output
+    if needs_base:
+        assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5" in result.output
+    assert not (run_dir / "stages").exists() and not (run_dir / "real").exists()
+
+
+def test_preflight_accepts_a_local_pipeline_folder_and_names_a_bad_one(tmp_path):
+    from synthecho.preflight import missing_inputs
+    from synthecho.recipe import load_recipe
+
+    base = tmp_path / "sd15"
+    base.mkdir()
+    recipe = load_recipe("controlnet-9k", [f"generator.base_model={base}", f"source.root={tmp_path}"])
+    assert missing_inputs(recipe, {"prepare", "train"}) == [
+        f"generator.base_model {str(base)!r} has no model_index.json: it must be a diffusers pipeline folder."
+    ]
+    (base / "model_index.json").write_text("{}")
+    assert missing_inputs(recipe, {"prepare", "train"}) == []
+    # Stages already done need nothing: without the base, a trained run can still generate.
+    gone = load_recipe("controlnet-9k", [f"generator.base_model={tmp_path / 'gone'}"])
+    assert missing_inputs(gone, {"generate", "filter"}) == []
+    assert "does not exist" in missing_inputs(gone, {"train"})[0]

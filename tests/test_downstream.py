@@ -109,6 +109,10 @@ def test_segmentation_every_strategy_and_the_unit_cache(splits, tmp_path):
     task = SegmentationTask(config(), splits["validation"], splits["test"], device="cpu")
     units = run_task(task, list(STRATEGIES), [0], splits["train"], splits["synthetic"], {"f": 1}, tmp_path)
     by_strategy = check_units(units, STRATEGIES, 8)
+    # Equal budgets: whatever trains on real data runs as many steps as pretrain (steps) + fine-tune.
+    budget = {name: by_strategy[name]["training"]["steps"] for name in STRATEGIES}
+    assert budget["real"] == budget["real_plus_synthetic"] == task.steps + task.finetune_steps
+    assert budget["synthetic"] == task.steps and budget["pretrain_finetune"] == task.finetune_steps
     for unit in units:
         summary = unit["summary"]
         for name in ("lv_endo", "lv_epi", "la"):

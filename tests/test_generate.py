@@ -30,7 +30,7 @@ from synthecho.plan import build_plan
 from synthecho.real import SPLITS, decode_png, encode_png, load_real
 from synthecho.recipe import recipe_from_dict
 from synthecho.schema import MASK_TRANSFORM_FIELDS, corpus_features
-from synthecho.shards import content_hash, read_marker, read_shard, verify_shard
+from synthecho.shards import content_hash, marker_path, read_marker, read_shard, verify_shard
 from synthecho.stages import invalidate, is_current
 
 RES = 16
@@ -247,7 +247,7 @@ def test_resume_redoes_only_damaged_or_unmarked_shards(real_run):
     generate.run(recipe, real_run, sampler=SeededSampler(), progress=False)
     raw = real_run / "shards" / "raw"
     before = {p.name: p.stat().st_mtime_ns for p in raw.glob("*.parquet")}
-    (raw / "train-00001.parquet.done.json").unlink()  # crashed before its marker
+    marker_path(raw / "train-00001.parquet").unlink()  # crashed before its marker
     damaged = raw / "validation-00000.parquet"
     damaged.write_bytes(damaged.read_bytes()[:-10])  # truncated file, marker intact
     invalidate(real_run, "generate")
@@ -283,12 +283,12 @@ def test_killed_run_resumes_to_exactly_the_planned_rows(tmp_path):
     process = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "TQDM_DISABLE": "1"})
     raw = run_dir / "shards" / "raw"
     deadline = time.time() + 120
-    while not list(raw.glob("*.done.json")) and time.time() < deadline and process.poll() is None:
+    while not list(raw.glob(".markers/*.json")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     assert process.poll() is None, "generate finished (or crashed) before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    markers = list(raw.glob("*.done.json"))
+    markers = list(raw.glob(".markers/*.json"))
     assert 1 <= len(markers) < 4 and not (run_dir / "manifest.json").exists()
 
     info = generate.run(tiny_recipe(), run_dir, sampler=SeededSampler(), progress=False)

@@ -142,10 +142,13 @@ def test_sd_from_config_pipeline_and_guidance(real, tmp_path):
 def test_controlnet_from_config_follows_sector_and_reloads(real, tmp_path):
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    generator = {"kind": "controlnet", **LATENT, "base_steps": 2}
+    # v_prediction as recipes/controlnet-phantom.yaml (the sd test above covers SD's epsilon)
+    generator = {"kind": "controlnet", **LATENT, "base_steps": 2, "prediction_type": "v_prediction"}
     info = controlnet.train(recipe(generator), real, tmp_path, progress=False)
     described = assert_trained_folder(tmp_path, info, "controlnet")
     assert described["mask_source"] == "conditioning"
+    scheduler = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction"
     assert described["conditioning_embedding_out_channels"] == [16, 32]  # downsamples 2x, as the VAE
     assert info["base_unet"]["steps"] == 2
     net = ControlNetModel.from_pretrained(tmp_path / "controlnet")

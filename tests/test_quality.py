@@ -313,6 +313,7 @@ def test_filter_stage_end_to_end(phantom):
     from synthecho.manifest import read_manifest
     from synthecho.quality import filter as stage
     from synthecho.schema import arrow_schema, corpus_features
+    from synthecho.shards import read_shard
     from synthecho.stages import invalidate
 
     run_dir, recipe, real = phantom["run_dir"], phantom["recipe"], phantom["real"]
@@ -360,8 +361,28 @@ def test_filter_stage_end_to_end(phantom):
     assert metrics["real_reference"]["domain"]["kid_mean"] is not None
     assert 0 <= metrics["attribute_fidelity"]["view_agreement"] <= 1
     assert [entry["path"] for entry in manifest["shards"]["data"]] == [f"data/{name}" for name in data]
+    # The prompts config publish will build from these shards: its size is known to the card already.
+    from synthecho.publish import prompts_table
+
+    published_prompts = prompts_table([run_dir / "data" / name for name in data])
+    assert manifest["shards"]["prompts"] == {
+        "rows": 48 * len(kept_ids),
+        "arrow_bytes": published_prompts.nbytes,
+    }
+    # Mask fidelity: every judged row, passed or not, against the segmenter's Dice on real validation.
+    scored_rows = [
+        row
+        for path in sorted((run_dir / "shards" / "scored").glob("*.parquet"))
+        for row in read_shard(path).to_pylist()
+    ]
+    judged = [row for row in scored_rows if row["dice_lv"] is not None]
+    fidelity = metrics["mask_fidelity"]
+    assert fidelity["rows"] == len(judged) < len(scored_rows)
+    assert fidelity["mean_dice"]["myo"] == pytest.approx(np.mean([row["dice_myo"] for row in judged]))
+    assert fidelity["ceiling_split"] == "validation" and 0 < fidelity["ceiling_dice"]["lv"] <= 1
     quality = (run_dir / "reports" / "quality.md").read_text()
     assert "Inception features not computed" in quality and "near_copy" in quality
+    assert f"all {len(judged)} judged rows, before filtering" in quality
     assert (run_dir / "reports" / "filter_examples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Up to date: skipped. Rerun (scored shards reused): the same KID, to the last digit.

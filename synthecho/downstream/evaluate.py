@@ -14,7 +14,8 @@ image.
    train -> generate -> filter run there (its `prepare` marker is written here: `prepare` itself would
    rebuild the full split). A changed subset deletes the sub-run and rebuilds it. Cap 1.0 is the run itself.
 3. Strategies (synthecho.downstream): real, synthetic, pretrain_finetune (the synthetic model of the same
-   seed fine-tuned on real), real_plus_synthetic. Each finished (cap, task, strategy, seed) is cached in
+   seed fine-tuned on real), real_plus_synthetic; real-only and real+synthetic train as many steps as
+   pretrain+fine-tune together (`training_steps`). Each finished (cap, task, strategy, seed) is cached in
    `<run>/downstream/units/` with the hash of its inputs, so an interrupted study resumes.
 4. Statistics: mean ± sample std over seeds of each test metric; per-image metrics averaged over seeds,
    then a paired two-sided Wilcoxon signed-rank test between every pair of strategies, per structure
@@ -179,11 +180,23 @@ def _corpus_fingerprint(run: Path, limit: int | None) -> dict:
     return {"files": {p.name: sha256_file(p) for p in corpus_files(run, "train")}, "limit": limit}
 
 
+def training_steps(task, strategy: str) -> int:
+    """Optimizer steps of one strategy's model: the same total for every strategy that sees real data.
+
+    pretrain_finetune is the synthetic model (`steps`) fine-tuned on real (`finetune_steps`), so real-only
+    and real+synthetic get `steps + finetune_steps` too: a fine-tune gain is then not just extra training.
+    Synthetic-only keeps `steps` (it is the pretrained model); real-only training longer only makes the
+    synthetic-vs-real comparisons conservative.
+    """
+    return task.steps if strategy in ("synthetic", "pretrain_finetune") else task.steps + task.finetune_steps
+
+
 def _unit_hash(task, strategy: str, seed: int, real_train: RealSplit, fingerprint: dict | None) -> str:
     return sha256_json(
         {
             "task": task.name,
             "settings": task.settings,
+            "steps": training_steps(task, strategy),
             "strategy": strategy,
             "seed": seed,
             "real_train": real_train.ids,
@@ -227,17 +240,14 @@ def run_task(
                 continue
             desc = f"{task.name} {strategy} s{seed}"
             model = task.new_model(seed)
+            steps = training_steps(task, strategy)
             if strategy == "real":
-                training = task.fit(
-                    model, real_train, steps=task.steps, seed=seed, progress=progress, desc=desc
-                )
+                training = task.fit(model, real_train, steps=steps, seed=seed, progress=progress, desc=desc)
             elif strategy == "synthetic":
-                training = task.fit(
-                    model, synthetic, steps=task.steps, seed=seed, progress=progress, desc=desc
-                )
+                training = task.fit(model, synthetic, steps=steps, seed=seed, progress=progress, desc=desc)
             elif strategy == "real_plus_synthetic":
                 both = concat_splits(real_train, synthetic, "real+synthetic")
-                training = task.fit(model, both, steps=task.steps, seed=seed, progress=progress, desc=desc)
+                training = task.fit(model, both, steps=steps, seed=seed, progress=progress, desc=desc)
             else:  # pretrain_finetune
                 weights = unit_dir / f"synthetic-seed{seed}.safetensors"
                 pretrain_hash = _unit_hash(task, "synthetic", seed, real_train, fingerprint)
@@ -363,7 +373,11 @@ def render_markdown(recipe, study: dict) -> str:
     for name in study["tasks"]:
         settings = study["settings"][name]
         # The training budget belongs next to the numbers: a --set override changes what they mean.
-        steps = f"{settings['steps']} steps (fine-tune {settings['finetune_steps']})"
+        steps = (
+            f"{settings['steps']} steps (synthetic only; pretrain→finetune adds {settings['finetune_steps']} "
+            f"fine-tune steps; real only and real + synthetic train the same total, "
+            f"{settings['steps'] + settings['finetune_steps']})"
+        )
         lines.append(
             f"- {_task_title(name)}: {steps}, batch {settings['batch_size']}, "
             f"lr {settings['learning_rate']:g}, selection every {settings['validate_every']} steps"

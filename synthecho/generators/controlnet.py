@@ -162,7 +162,14 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     base_losses = []
     if not config.base_model:
         base = sd.train_denoiser(
-            recipe, parts, real_train, out_dir, steps=config.base_steps, name="unet", progress=progress
+            recipe,
+            parts,
+            real_train,
+            out_dir,
+            steps=config.base_steps,
+            name="unet",
+            learning_rate=config.base_learning_rate,
+            progress=progress,
         )
         base_losses = base.pop("losses")
         parts_info["base_unet"] = base

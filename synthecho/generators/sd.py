@@ -84,7 +84,7 @@ def _plain(config) -> dict[str, Any]:
 
 
 def scheduler_config_from(config) -> dict[str, Any]:
-    """From-config noise schedule: SD's (scaled_linear, epsilon), trailing spacing for few-step samplers."""
+    """From-config noise schedule: SD's (scaled_linear), the config's prediction type, trailing spacing."""
     from diffusers import DDPMScheduler
 
     schedule = DDPMScheduler(
@@ -92,7 +92,7 @@ def scheduler_config_from(config) -> dict[str, Any]:
         beta_schedule=config.beta_schedule,
         beta_start=0.00085,
         beta_end=0.012,
-        prediction_type="epsilon",
+        prediction_type=config.prediction_type,
         clip_sample=False,  # latents are not bounded to [-1, 1]
         timestep_spacing="trailing",
     )
@@ -259,12 +259,22 @@ def components(recipe, real_train, out_dir: Path, progress: bool) -> tuple[dict[
 
 
 def train_denoiser(
-    recipe, parts: dict, real_train, out_dir: Path, *, steps: int, name: str, controlnet=None, progress=True
+    recipe,
+    parts: dict,
+    real_train,
+    out_dir: Path,
+    *,
+    steps: int,
+    name: str,
+    controlnet=None,
+    learning_rate: float | None = None,
+    progress=True,
 ) -> dict:
     """Train the UNet (controlnet None) or the ControlNet over a frozen UNet, in latent space, with train_loop.
 
     VAE and text encoder are frozen and run inside the loss (no_grad), so checkpoints hold only the
     trained model. Mixed precision: the frozen parts run under the same autocast as the trained one.
+    `learning_rate` defaults to `train.learning_rate`.
     """
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -348,7 +358,7 @@ def train_denoiser(
         sample_batch,
         steps=steps,
         checkpoint_dir=out_dir / "checkpoints" / name,
-        learning_rate=recipe.train.learning_rate,
+        learning_rate=recipe.train.learning_rate if learning_rate is None else learning_rate,
         fingerprint=sha256_json([_fingerprint(recipe, frames.shape[1], real_train), name]),
         description=f"train {config.kind}/{name}",
         **recipe_loop_settings(recipe, progress),

@@ -196,6 +196,8 @@ class Collected:
     predicted: dict[str, dict[str, list]] = field(default_factory=dict)
     claimed: dict[str, dict[str, list]] = field(default_factory=dict)
     examples: dict[str, list] = field(default_factory=dict)  # "kept" or a reason -> (image, mask, title)
+    # Dice of every generated row whose mask was judged (conditioning/generated), passed or not.
+    dice: dict[str, list] = field(default_factory=lambda: {name: [] for name in ("lv", "myo", "la")})
 
 
 def _example_title(row: dict) -> str:
@@ -272,6 +274,9 @@ def write_publishable(
             for row in rows:
                 if not row["passed"]:
                     collected.rejected[split][row["reject_reason"]] += 1
+                if row["dice_lv"] is not None:
+                    for name, values in collected.dice.items():
+                        values.append(row[f"dice_{name}"])
             kept = [{name: row[name] for name in columns} for row in rows if row["passed"]]
             if not kept:
                 continue
@@ -300,6 +305,22 @@ def write_publishable(
         if stale.name not in written:
             remove_shard(stale)
     return entries, collected
+
+
+def prompts_config_size(run_dir: Path, entries: list[dict]) -> dict:
+    """Rows and in-memory (Arrow) bytes of the `prompts` config `publish` derives from these shards.
+
+    The card states every config's size, and it is rendered from the manifest alone, so the size is
+    measured here, where the shards are written (a few ms per thousand rows: the text is cached per
+    attribute combination).
+    """
+    from synthecho.card import article_rule
+    from synthecho.manifest import read_manifest
+    from synthecho.publish import prompts_table
+
+    rule = article_rule(read_manifest(run_dir))
+    table = prompts_table([run_dir / entry["path"] for entry in entries], rule)
+    return {"rows": table.num_rows, "arrow_bytes": table.nbytes}
 
 
 # --- reports ----------------------------------------------------------------------------------------
@@ -432,6 +453,9 @@ def quality_markdown(recipe, counts: dict, metrics: dict) -> str:
         for name in limits["area_min"]
     )
     lines.append(f"- anatomy (segmenter-drawn masks): area fraction {ranges}; LA centroid below LV centroid")
+    from synthecho.card import mask_fidelity_sentence
+
+    lines += ["", "## Mask fidelity", "", mask_fidelity_sentence(metrics.get("mask_fidelity"))]
     fidelity = metrics["attribute_fidelity"]
     validation = fidelity["classifier"]["validation"]
     lines += ["", "## Attribute fidelity", ""]
@@ -452,6 +476,25 @@ def quality_markdown(recipe, counts: dict, metrics: dict) -> str:
 
 
 # --- metrics ----------------------------------------------------------------------------------------
+
+
+def mask_fidelity(collected: Collected, segmenter, real_reference) -> dict | None:
+    """How closely the frames follow their masks: mean Dice over every judged generated row (pre-filter).
+
+    None when no row was judged (masks drawn by the segmenter itself say nothing about the generator).
+    `ceiling` is the same segmenter's mean Dice on real frames against their annotations: a generator
+    whose frames score as high follows its masks as well as this segmenter can tell.
+    """
+    rows = len(collected.dice["lv"])
+    if not rows:
+        return None
+    ceiling = mask_dice(segmenter.predict(real_reference.images), real_reference.masks)
+    return {
+        "rows": rows,
+        "mean_dice": {name: float(np.mean(values)) for name, values in collected.dice.items()},
+        "ceiling_split": real_reference.split,
+        "ceiling_dice": {name: float(np.mean(ceiling[name])) for name in collected.dice},
+    }
 
 
 def _compare(real: np.ndarray, synthetic: np.ndarray, config, seed: int) -> dict:
@@ -622,6 +665,7 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
         "dice_threshold": context.dice_threshold,
         "anatomy_limits": limits.to_dict(),
         "attribute_fidelity": attribute_fidelity(collected, classifier_metrics),
+        "mask_fidelity": mask_fidelity(collected, segmenter, real.get("validation") or real["train"]),
     }  # fmt: skip
 
     # 6. Counts, reports, manifest, marker.
@@ -653,7 +697,7 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     write_text_atomic(reports / "quality.md", quality_markdown(recipe, counts, metrics))
     update_manifest(run_dir, **recipe_sections(recipe), environment=environment_info(), metrics=metrics)
     merge_section(run_dir, "counts", **counts)
-    merge_section(run_dir, "shards", data=entries)
+    merge_section(run_dir, "shards", data=entries, prompts=prompts_config_size(run_dir, entries))
     info = {
         "passed": counts["passed"],
         "rejected": rejected,
