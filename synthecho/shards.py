@@ -49,6 +49,12 @@ def marker_path(shard_path: str | os.PathLike) -> Path:
 
 def read_marker(shard_path: str | os.PathLike) -> dict | None:
     path = marker_path(shard_path)
+    # Earlier synthecho versions kept `<shard>.done.json` beside the shard: move it in (atomic,
+    # once), so their finished shards are not redone.
+    legacy = Path(shard_path).with_name(Path(shard_path).name + ".done.json")
+    if legacy.is_file() and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(legacy, path)
     try:
         return read_json(path)
     except (FileNotFoundError, ValueError):

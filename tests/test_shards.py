@@ -155,6 +155,15 @@ def test_verify_detects_tampering_and_missing_marker(shard):
     assert not verify_shard(path)
 
 
+def test_markers_stay_out_of_the_shard_folder_and_legacy_ones_are_adopted(shard):
+    path, _, marker = shard
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".")) == [path.name]
+    legacy = path.with_name(path.name + ".done.json")  # where earlier versions wrote it
+    marker_path(path).rename(legacy)
+    assert read_marker(path) == marker and verify_shard(path)
+    assert marker_path(path).is_file() and not legacy.exists()
+
+
 def test_abort_and_stale_temp_files_leave_nothing(tmp_path):
     path = tmp_path / "train-00001.parquet"
     partial = ShardFile(path, corpus_features(), row_group_size=10)
