@@ -455,6 +455,11 @@ def _outcome_rows(manifest: dict) -> list[dict]:
     return rows
 
 
+def _significant(value: float | None, digits: int = 2) -> str:
+    """Significant digits, not decimals: domain-feature KIDs are ~1e-4, Inception FIDs ~10-100."""
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
 def _distance_rows(table: Any, reference: Any = None) -> list[dict]:
     """Rows of a {split: {fid, kid_mean, kid_std, n_real, n_synthetic}} table (+ the real-vs-real scale)."""
     rows = []
@@ -462,8 +467,8 @@ def _distance_rows(table: Any, reference: Any = None) -> list[dict]:
     def row(label, values):
         return {
             "label": label,
-            "fid": _num(values.get("fid"), 2),
-            "kid": f"{_num(values.get('kid_mean'), 4)} ± {_num(values.get('kid_std'), 4)}",
+            "fid": _significant(values.get("fid"), 3),
+            "kid": f"{_significant(values.get('kid_mean'))} ± {_significant(values.get('kid_std'))}",
             "n_real": _num(values.get("n_real")),
             "n_synthetic": _num(values.get("n_synthetic")),
         }

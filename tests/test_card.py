@@ -72,7 +72,7 @@ def test_body_states_generation_quality_and_provenance(run):
     assert "an eighteen" not in text  # the example prompt is fixed (eighty), not row data
     assert "an eighty-year-old" in text and '**"an"** rule' in text
     assert "Sampler `dpmsolver++`, 2 steps" in text
-    assert "| synthetic train vs real train | 12.50 | 0.0120 ± 0.0030 | 4 | 5 |" in text
+    assert "| synthetic train vs real train | 12.5 | 0.012 ± 0.003 | 4 | 5 |" in text
     assert "real train vs real validation (scale)" in text
     assert manifest["metrics"]["inception_note"] in text
     assert "| rejected: dice_lv | 2 |" in text
@@ -226,3 +226,11 @@ def test_committed_manifest_has_no_absolute_paths(run, tmp_path):
     assert committed["recipe"]["run_dir"] == "."
     assert committed["environment"] == manifest["environment"]  # versions and timings stay
     assert str(tmp_path) not in manifest_path.read_text(encoding="utf-8")
+
+
+def test_distances_keep_significant_digits():
+    """Domain-feature KIDs are ~1e-4: fixed decimals printed them as 0.0001 ± 0.0000."""
+    from synthecho.card import _distance_rows
+
+    (row,) = _distance_rows({"overall": {"fid": 0.00587, "kid_mean": 7.98e-05, "kid_std": 4.23e-05}})
+    assert row["kid"] == "8e-05 ± 4.2e-05" and row["fid"] == "0.00587"
