@@ -284,3 +284,14 @@ def test_missing_base_model_names_the_key(real, tmp_path):
     generator = {"kind": "sd", "base_model": str(tmp_path / "no-such-model")}
     with pytest.raises(SynthechoError, match="generator.base_model"):
         sd.train(recipe(generator), real, tmp_path / "out", progress=False)
+
+
+def test_unet_level_checks_name_the_keys():
+    ddpm_config = recipe({"kind": "ddpm", "channels": [8, 16, 32], "attention": [False, True]}).generator
+    with pytest.raises(
+        SynthechoError, match="generator.attention has 2 entries but generator.channels has 3"
+    ):
+        ddpm.unet_config(ddpm_config, RES)
+    sd_config = recipe({"kind": "sd", "unet_channels": [8, 16, 16], "attention": [False] * 3}).generator
+    with pytest.raises(SynthechoError, match="latent size 6 is not divisible by 4 .*generator.vae_channels"):
+        sd.build_unet(sd_config, 6, 4)

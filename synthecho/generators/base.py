@@ -7,7 +7,27 @@ from typing import Protocol
 
 import numpy as np
 
+from synthecho.errors import SynthechoError
+
 SAMPLERS = ("dpmsolver++", "unipc", "ddim", "ddpm")
+
+
+def check_unet_levels(attention: list[bool], channels: list[int], size: int, *, names: tuple[str, str, str]):
+    """What every from-config UNet needs: one attention flag per level, a size its levels can halve.
+
+    `names` = (the channels key, what `size` is, the keys that change it), for the error messages.
+    """
+    channels_key, size_name, fix = names
+    if len(attention) != len(channels):
+        raise SynthechoError(
+            f"generator.attention has {len(attention)} entries but {channels_key} has {len(channels)}: "
+            f"give one true/false per level."
+        )
+    factor = 2 ** (len(channels) - 1)
+    if size % factor:
+        raise SynthechoError(
+            f"{size_name} {size} is not divisible by {factor} ({len(channels)} UNet levels): change {fix}."
+        )
 
 
 @dataclass

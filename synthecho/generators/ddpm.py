@@ -25,7 +25,14 @@ import torch
 
 from synthecho import labels as lab
 from synthecho.errors import SynthechoError
-from synthecho.generators.base import SAMPLERS, SampleBatch, make_scheduler, resolve_device, row_noise
+from synthecho.generators.base import (
+    SAMPLERS,
+    SampleBatch,
+    check_unet_levels,
+    make_scheduler,
+    resolve_device,
+    row_noise,
+)
 from synthecho.generators.sdm import (
     CONFIG_FILE,
     _check_real,
@@ -68,16 +75,12 @@ def attributes_from_prompt(prompt: str) -> dict[str, str]:
 def unet_config(config, resolution: int) -> dict[str, Any]:
     """UNet2DModel arguments for a `DdpmConfig` at `resolution`."""
     channels = list(config.channels)
-    if len(config.attention) != len(channels):
-        raise SynthechoError(
-            f"generator.attention has {len(config.attention)} entries but generator.channels has "
-            f"{len(channels)}: give one true/false per level."
-        )
-    if resolution % 2 ** (len(channels) - 1):
-        raise SynthechoError(
-            f"resolution {resolution} is not divisible by {2 ** (len(channels) - 1)} ({len(channels)} UNet "
-            f"levels): change prepare.resolution or generator.channels."
-        )
+    check_unet_levels(
+        config.attention,
+        channels,
+        resolution,
+        names=("generator.channels", "resolution", "prepare.resolution or generator.channels"),
+    )
     io_channels = 1 + (MASK_CLASSES if config.joint_masks else 0)
     return {
         "sample_size": resolution,

@@ -34,7 +34,14 @@ import numpy as np
 import torch
 
 from synthecho.errors import SynthechoError
-from synthecho.generators.base import SAMPLERS, SampleBatch, make_scheduler, resolve_device, row_noise
+from synthecho.generators.base import (
+    SAMPLERS,
+    SampleBatch,
+    check_unet_levels,
+    make_scheduler,
+    resolve_device,
+    row_noise,
+)
 from synthecho.generators.sdm import CONFIG_FILE, _check_real, _fingerprint, _resolve_dtype, _step_noise_seed
 from synthecho.io import read_json, sha256_json, write_json_atomic
 
@@ -125,16 +132,16 @@ def build_unet(config, latent_size: int, latent_channels: int):
     from diffusers import UNet2DConditionModel
 
     channels = list(config.unet_channels)
-    if len(config.attention) != len(channels):
-        raise SynthechoError(
-            f"generator.attention has {len(config.attention)} entries but generator.unet_channels has "
-            f"{len(channels)}: give one true/false per level."
-        )
-    if latent_size % 2 ** (len(channels) - 1):
-        raise SynthechoError(
-            f"latent size {latent_size} is not divisible by {2 ** (len(channels) - 1)}: change "
-            f"prepare.resolution, generator.vae_channels or generator.unet_channels."
-        )
+    check_unet_levels(
+        config.attention,
+        channels,
+        latent_size,
+        names=(
+            "generator.unet_channels",
+            "latent size",
+            "prepare.resolution, generator.vae_channels or generator.unet_channels",
+        ),
+    )
     return UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=latent_channels,
