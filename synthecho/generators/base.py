@@ -12,6 +12,10 @@ from synthecho.errors import SynthechoError
 SAMPLERS = ("dpmsolver++", "unipc", "ddim", "ddpm")
 
 
+# check_unet_levels names of the pixel-space UNets (sdm, ddpm): channels per level at frame resolution.
+PIXEL_UNET_NAMES = ("generator.channels", "resolution", "prepare.resolution or generator.channels")
+
+
 def check_unet_levels(attention: list[bool], channels: list[int], size: int, *, names: tuple[str, str, str]):
     """What every from-config UNet needs: one attention flag per level, a size its levels can halve.
 

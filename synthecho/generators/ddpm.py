@@ -26,6 +26,7 @@ import torch
 from synthecho import labels as lab
 from synthecho.errors import SynthechoError
 from synthecho.generators.base import (
+    PIXEL_UNET_NAMES,
     SAMPLERS,
     SampleBatch,
     check_unet_levels,
@@ -75,12 +76,7 @@ def attributes_from_prompt(prompt: str) -> dict[str, str]:
 def unet_config(config, resolution: int) -> dict[str, Any]:
     """UNet2DModel arguments for a `DdpmConfig` at `resolution`."""
     channels = list(config.channels)
-    check_unet_levels(
-        config.attention,
-        channels,
-        resolution,
-        names=("generator.channels", "resolution", "prepare.resolution or generator.channels"),
-    )
+    check_unet_levels(config.attention, channels, resolution, names=PIXEL_UNET_NAMES)
     io_channels = 1 + (MASK_CLASSES if config.joint_masks else 0)
     return {
         "sample_size": resolution,

@@ -33,7 +33,15 @@ import torch
 
 from synthecho import labels as lab
 from synthecho.errors import SynthechoError
-from synthecho.generators.base import SAMPLERS, SampleBatch, make_scheduler, resolve_device, row_noise
+from synthecho.generators.base import (
+    PIXEL_UNET_NAMES,
+    SAMPLERS,
+    SampleBatch,
+    check_unet_levels,
+    make_scheduler,
+    resolve_device,
+    row_noise,
+)
 from synthecho.io import read_json, sha256_json, write_json_atomic
 
 KIND = "sdm"
@@ -69,17 +77,7 @@ def _head_channels(config) -> int:
 def unet_config(config, resolution: int) -> dict[str, Any]:
     """Constructor arguments of the variant's UNet for an `SdmConfig` at `resolution`."""
     channels = list(config.channels)
-    if len(config.attention) != len(channels):
-        raise SynthechoError(
-            f"generator.attention has {len(config.attention)} entries but generator.channels has "
-            f"{len(channels)}: give one true/false per level."
-        )
-    levels = 2 ** (len(channels) - 1)
-    if resolution % levels:
-        raise SynthechoError(
-            f"resolution {resolution} is not divisible by {levels} ({len(channels)} UNet levels): change "
-            f"prepare.resolution or generator.channels."
-        )
+    check_unet_levels(config.attention, channels, resolution, names=PIXEL_UNET_NAMES)
     head = _head_channels(config)
     groups = _norm_groups(channels)
     if config.variant == "concat":
