@@ -12,6 +12,14 @@ from synthecho.errors import SynthechoError
 SAMPLERS = ("dpmsolver++", "unipc", "ddim", "ddpm")
 
 
+def dtype_keyword(dtype) -> dict:
+    """diffusers' `from_pretrained` dtype keyword: `dtype` from 0.40 on (which deprecates `torch_dtype`)."""
+    import diffusers
+    from packaging.version import Version
+
+    return {"dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype": dtype}
+
+
 # check_unet_levels names of the pixel-space UNets (sdm, ddpm): channels per level at frame resolution.
 PIXEL_UNET_NAMES = ("generator.channels", "resolution", "prepare.resolution or generator.channels")
 

@@ -32,7 +32,7 @@ import torch
 from synthecho import labels as lab
 from synthecho.errors import SynthechoError
 from synthecho.generators import sd
-from synthecho.generators.base import SampleBatch
+from synthecho.generators.base import SampleBatch, dtype_keyword
 from synthecho.generators.sdm import _check_real, _resolve_dtype, condition_maps
 
 KIND = "controlnet"
@@ -78,9 +78,9 @@ def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> ControlN
     generator_dir = Path(generator_dir)
     described = sd.read_descriptor(generator_dir, KIND)
     torch_dtype = _resolve_dtype(dtype)
-    controlnet = ControlNetModel.from_pretrained(generator_dir / "controlnet", torch_dtype=torch_dtype)
+    controlnet = ControlNetModel.from_pretrained(generator_dir / "controlnet", **dtype_keyword(torch_dtype))
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
-        generator_dir, controlnet=controlnet, torch_dtype=torch_dtype, local_files_only=True
+        generator_dir, controlnet=controlnet, local_files_only=True, **dtype_keyword(torch_dtype)
     )
     scale = float(described["config"].get("conditioning_scale", 1.0))
     return ControlNetSampler(

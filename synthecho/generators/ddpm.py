@@ -30,6 +30,7 @@ from synthecho.generators.base import (
     SAMPLERS,
     SampleBatch,
     check_unet_levels,
+    dtype_keyword,
     make_scheduler,
     resolve_device,
     row_noise,
@@ -159,7 +160,7 @@ def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> DdpmSamp
     descriptor = _read_descriptor(generator_dir)
     config = DdpmConfig.model_validate(descriptor["config"])
     device, torch_dtype = resolve_device(device), _resolve_dtype(dtype)
-    unet = UNet2DModel.from_pretrained(generator_dir / "unet", torch_dtype=torch_dtype).to(device).eval()
+    unet = UNet2DModel.from_pretrained(generator_dir / "unet", **dtype_keyword(torch_dtype)).to(device).eval()
     scheduler_config = read_json(generator_dir / "scheduler" / "scheduler_config.json")
     return DdpmSampler(unet, scheduler_config, int(descriptor["resolution"]), config, device, torch_dtype)
 

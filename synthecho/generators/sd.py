@@ -38,6 +38,7 @@ from synthecho.generators.base import (
     SAMPLERS,
     SampleBatch,
     check_unet_levels,
+    dtype_keyword,
     make_scheduler,
     resolve_device,
     row_noise,
@@ -425,7 +426,7 @@ def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> SdSample
     described = read_descriptor(generator_dir, KIND)
     torch_dtype = _resolve_dtype(dtype)
     pipe = StableDiffusionPipeline.from_pretrained(
-        generator_dir, torch_dtype=torch_dtype, local_files_only=True
+        generator_dir, local_files_only=True, **dtype_keyword(torch_dtype)
     )
     return SdSampler(pipe, int(described["resolution"]), resolve_device(device), torch_dtype)
 
