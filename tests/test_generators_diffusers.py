@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from generator_fixtures import PROMPTS, RES, fake_real
 
 from synthecho import labels as lab
 from synthecho.errors import SynthechoError
@@ -22,44 +23,8 @@ from synthecho.generators.sdm import condition_maps
 from synthecho.real import RealSplit
 from synthecho.recipe import recipe_from_dict
 
-RES = 16
-PROMPTS = [
-    "Two-chamber view of the heart at end of the diastole cycle of a fifty-year-old male with good image quality.",
-    "Four-chamber view of the heart at end of the systole cycle of an eighty-year-old female with poor image quality.",
-]
 TRAIN = {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "grid_sampler_steps": 2}
 LATENT = {"vae_channels": [8, 16], "vae_steps": 2, "unet_channels": [8, 16], "attention": [False, True]}
-
-
-def fake_real(count: int = 6, resolution: int = RES, seed: int = 0) -> RealSplit:
-    """Fan-shaped sector, LV ellipse in a myocardium ring, LA band; view/phase/prompt alternate per row."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:resolution, 0:resolution]
-    sector = (rows >= 1) & (np.abs(cols - resolution / 2 + 0.5) <= rows * 0.6 + 1)
-    images, masks, records = [], [], []
-    for i in range(count):
-        cy, cx = resolution * 0.45 + rng.uniform(-1, 1), resolution / 2 + rng.uniform(-1, 1)
-        distance = ((rows - cy) / (resolution * 0.25)) ** 2 + ((cols - cx) / (resolution * 0.15)) ** 2
-        mask = np.zeros((resolution, resolution), np.uint8)
-        mask[distance < 1.6] = lab.MYO
-        mask[distance < 1] = lab.LV
-        mask[rows > resolution * 0.8] = lab.LA
-        mask[~sector] = 0
-        image = np.clip(rng.normal(120, 30, mask.shape), 1, 255)
-        image[mask == lab.LV] = 15
-        images.append(np.where(sector, image, 0).astype(np.uint8))
-        masks.append(mask)
-        view, phase = ("2CH", "ED") if i % 2 == 0 else ("4CH", "ES")
-        records.append(
-            {
-                "id": f"fake/{i:03d}",
-                "patient": f"p{i}",
-                "view": view,
-                "phase": phase,
-                "prompt": PROMPTS[i % 2],
-            }
-        )
-    return RealSplit("train", records, np.stack(images), np.stack(masks), np.stack([sector] * count))
 
 
 def recipe(generator: dict, **train):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from generator_fixtures import RES, fake_real
 from PIL import Image
 
 from synthecho import labels as lab
@@ -20,34 +21,10 @@ from synthecho.errors import SynthechoError
 from synthecho.generators import get_generator, sdm
 from synthecho.grids import colorize_condition, colorize_mask, save_grid, save_loss_curve
 from synthecho.io import read_json
-from synthecho.real import RealSplit
 from synthecho.recipe import recipe_from_dict
 from synthecho.training import list_checkpoints
 
-RES = 16
 TESTS_DIR = Path(__file__).resolve().parent
-
-
-def fake_real(count: int = 6, resolution: int = RES, seed: int = 0) -> RealSplit:
-    """Frames with a fan-shaped sector (0 outside), a dark LV ellipse inside a myocardium ring, an LA band."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:resolution, 0:resolution]
-    sector = (rows >= 1) & (np.abs(cols - resolution / 2 + 0.5) <= rows * 0.6 + 1)
-    images, masks = [], []
-    for _ in range(count):
-        cy, cx = resolution * 0.45 + rng.uniform(-1, 1), resolution / 2 + rng.uniform(-1, 1)
-        distance = ((rows - cy) / (resolution * 0.25)) ** 2 + ((cols - cx) / (resolution * 0.15)) ** 2
-        mask = np.zeros((resolution, resolution), np.uint8)
-        mask[distance < 1.6] = lab.MYO
-        mask[distance < 1] = lab.LV
-        mask[rows > resolution * 0.8] = lab.LA
-        mask[~sector] = 0
-        image = np.clip(rng.normal(120, 30, mask.shape), 1, 255)
-        image[mask == lab.LV] = 15
-        images.append(np.where(sector, image, 0).astype(np.uint8))
-        masks.append(mask)
-    records = [{"id": f"fake/{i:03d}", "patient": f"p{i}"} for i in range(count)]
-    return RealSplit("train", records, np.stack(images), np.stack(masks), np.stack([sector] * count))
 
 
 def tiny_recipe(variant: str = "concat", **train):
