@@ -154,6 +154,14 @@ def prompts_per_row() -> int:
     return len(STRUCTURE_NAMES) * len(LEVELS) * len(PHRASINGS)
 
 
+SAMPLE_GRID = "sample_grid.png"  # beside the card, in cards/<name>/ and in the Hub repo
+
+
+def run_grid(run_dir: Path) -> Path:
+    """The generator's sample grid as `train` copied it into the run's reports."""
+    return Path(run_dir) / "reports" / "generator_sample_grid.png"
+
+
 def article_rule(manifest: dict) -> str:
     """The prompt article rule of this corpus ("an" unless the recipe says otherwise)."""
     return _get(manifest, "recipe.prompts.article_rule", "an")
@@ -629,6 +637,8 @@ def card_context(manifest: dict) -> dict:
         "sampling": _sampling(manifest),
         "article_rule": rule,
         "example_prompt": _example_prompt(rule),
+        # publish puts the run's reports/generator_sample_grid.png beside the card as SAMPLE_GRID.
+        "sample_grid": SAMPLE_GRID if _get(manifest, "generator.train.sample_grid") else None,
         "shape": {
             "triangle": f"{TRIANGLE_MIN_RATIO:.0%}",
             "fill": f"{RECTANGLE_MIN_FILL:.0%}",
@@ -794,10 +804,10 @@ def export_committed(run_dir: Path, repo_root: Path) -> tuple[Path, Path]:
     write_json_atomic(manifest_path, manifest)
     # Render from what was written (JSON round trip), exactly as check_cards will read it.
     write_text_atomic(card_path, render_card(read_json(manifest_path)))
-    # The sample grid travels with the card (the README shows the demo's).
-    grid = run_dir / "reports" / "generator_sample_grid.png"
+    # The sample grid travels with the card (the card shows it; the README shows the demo's).
+    grid = run_grid(run_dir)
     if grid.is_file():
-        write_bytes_atomic(card_path.parent / "sample_grid.png", grid.read_bytes())
+        write_bytes_atomic(card_path.parent / SAMPLE_GRID, grid.read_bytes())
     return manifest_path, card_path
 
 

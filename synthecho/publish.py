@@ -25,6 +25,7 @@ from pathlib import Path
 
 from synthecho.card import (
     PROMPTS_FILE,
+    SAMPLE_GRID,
     _dataset_section,
     _generator,
     _get,
@@ -33,6 +34,7 @@ from synthecho.card import (
     export_committed,
     prompt_features,
     render_card,
+    run_grid,
 )
 from synthecho.errors import SynthechoError
 from synthecho.io import sha256_file, write_json_atomic
@@ -181,6 +183,9 @@ def layout_repo(run_dir: Path, out_dir: Path, *, manifest: dict | None = None) -
         # 1. Card and manifest.
         (staging / "README.md").write_text(render_card(manifest), encoding="utf-8")
         write_json_atomic(staging / "manifest.json", manifest)
+        grid = run_grid(run_dir)
+        if grid.is_file():  # the card shows it
+            _link_or_copy(grid, staging / SAMPLE_GRID)
         # 2. Data shards, unchanged (their sha256 is in the manifest and the card).
         for path in files:
             _link_or_copy(path, staging / "data" / path.name)

@@ -72,6 +72,7 @@ def test_body_states_generation_quality_and_provenance(run):
     assert "an eighteen" not in text  # the example prompt is fixed (eighty), not row data
     assert "an eighty-year-old" in text and '**"an"** rule' in text
     assert "Sampler `dpmsolver++`, 2 steps" in text
+    assert "![Sample grid written after training" in text and "](sample_grid.png)" in text
     assert "| synthetic train vs real train | 12.5 | 0.012 ± 0.003 | 4 | 5 |" in text
     assert "real train vs real validation (scale)" in text
     assert manifest["metrics"]["inception_note"] in text

@@ -74,6 +74,7 @@ def test_layout_loads_with_datasets_as_declared(run_dir, tmp_path):
         "data/validation-00000-of-00001.parquet",
         "manifest.json",
         "prompts/prompts-00000-of-00001.parquet",
+        "sample_grid.png",
     ]
     corpus = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
     assert set(corpus) == {"train", "validation"}
@@ -164,6 +165,7 @@ def test_push_calls_hfapi_in_order_and_records_the_commit(run_dir, tmp_path):
         "data/validation-00000-of-00001.parquet",
         "manifest.json",
         "prompts/prompts-00000-of-00001.parquet",
+        "sample_grid.png",
     ]
     card = files["README.md"].decode("utf-8")
     assert 'load_dataset("org/tiny", revision="v0.1.0")' in card
@@ -242,7 +244,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(run_dir, tmp_path, capsys):
 def test_local_only_publish_does_not_touch_the_hub_or_the_manifest(run_dir, tmp_path):
     before = copy.deepcopy(read_json(run_dir / "manifest.json"))
     result = pub.publish(tiny_recipe(), run_dir, to=tmp_path / "out")
-    assert result["files"] == 5 and "commit" not in result
+    assert result["files"] == 6 and "commit" not in result  # card, manifest, 2 shards, prompts, grid
     assert read_json(run_dir / "manifest.json") == before
 
 
