@@ -518,6 +518,12 @@ def mask_fidelity_sentence(fidelity: dict | None) -> str:
     )
 
 
+def _mask_fidelity(manifest: dict) -> str:
+    if "mask_fidelity" not in (manifest.get("metrics") or {}):  # manifests older than the metric
+        return "Not recorded for this version."
+    return mask_fidelity_sentence(manifest["metrics"]["mask_fidelity"])
+
+
 def _segmenter_summary(manifest: dict) -> str:
     seg = manifest.get("segmenter") or {}
     dice = seg.get("validation_dice") or {}
@@ -656,9 +662,7 @@ def card_context(manifest: dict) -> dict:
         "inception_note": metrics.get("inception_note")
         or "Inception-feature metrics were not computed for this version.",
         "attribute_fidelity": _attribute_fidelity(manifest),
-        "mask_fidelity": mask_fidelity_sentence(_get(manifest, "metrics.mask_fidelity"))
-        if "mask_fidelity" in (manifest.get("metrics") or {})
-        else "Not recorded for this version.",
+        "mask_fidelity": _mask_fidelity(manifest),
         "segmenter_summary": _segmenter_summary(manifest),
         "downstream_intro": (
             "Models trained by `synthecho evaluate` and tested on the real test split; mean ± std over "

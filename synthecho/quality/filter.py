@@ -482,7 +482,7 @@ def mask_fidelity(collected: Collected, segmenter, real_reference) -> dict | Non
     """How closely the frames follow their masks: mean Dice over every judged generated row (pre-filter).
 
     None when no row was judged (masks drawn by the segmenter itself say nothing about the generator).
-    `ceiling` is the same segmenter's mean Dice on real frames against their annotations: a generator
+    `ceiling_dice` is the same segmenter's mean Dice on real frames against their annotations: a generator
     whose frames score as high follows its masks as well as this segmenter can tell.
     """
     rows = len(collected.dice["lv"])
