@@ -240,6 +240,21 @@ def build(
 
 
 @app.command()
+@friendly_errors
+def check(
+    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
+):
+    """Run nothing; check that this machine has every outside input `build` still needs (CAMUS, weights)."""
+    from synthecho import pipeline, preflight
+
+    loaded, folder = _load(recipe, set, run_dir)
+    pending = pipeline.pending_stages(loaded, folder, force=force)
+    preflight.check(loaded, {*pending})
+    todo = ", ".join(pending) if pending else "nothing (every stage is up to date)"
+    typer.echo(f"{loaded.name}: every outside input is here; build would run {todo}")
+
+
+@app.command()
 def recipes() -> None:
     """List the shipped recipes."""
     from synthecho.recipe import available_recipes, load_recipe

@@ -28,6 +28,11 @@ def stages_to_run(recipe) -> list[str]:
     return [stage for stage in STAGES if stage != "evaluate" or recipe.evaluate.enabled]
 
 
+def pending_stages(recipe, run_dir: Path, *, force: bool = False, redo: list[str] = ()) -> list[str]:
+    """The stages `build` would run: all with --force, else those not current plus `redo`."""
+    return [s for s in stages_to_run(recipe) if force or s in redo or not is_current(recipe, run_dir, s)]
+
+
 def build(
     recipe, run_dir: Path, *, force: bool = False, from_stage: str | None = None, progress: bool = True
 ) -> str:
@@ -40,7 +45,7 @@ def build(
         raise SynthechoError(f"--from {from_stage!r}: expected one of {', '.join(stages)}")
     redo = stages[stages.index(from_stage) :] if from_stage is not None else []
     # Everything this build will run must find its inputs before anything starts (or is invalidated).
-    preflight.check(recipe, {s for s in stages if force or s in redo or not is_current(recipe, run_dir, s)})
+    preflight.check(recipe, set(pending_stages(recipe, run_dir, force=force, redo=redo)))
     for stage in redo:
         invalidate(run_dir, stage)
     started = time.time()

@@ -229,3 +229,13 @@ def test_preflight_accepts_a_local_pipeline_folder_and_names_a_bad_one(tmp_path)
     gone = load_recipe("controlnet-9k", [f"generator.base_model={tmp_path / 'gone'}"])
     assert missing_inputs(gone, {"generate", "filter"}) == []
     assert "does not exist" in missing_inputs(gone, {"train"})[0]
+
+
+def test_check_runs_nothing_and_says_what_build_would_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("SYNTHECHO_CAMUS_ROOT", raising=False)
+    missing = runner.invoke(app, ["check", "--recipe", "sdm-9k", "--run-dir", str(tmp_path / "a")])
+    assert_clean_error(missing, "source.root")
+    ready = runner.invoke(app, ["check", "--recipe", "demo", "--run-dir", str(tmp_path / "b")])
+    assert ready.exit_code == 0, ready.output
+    assert "build would run prepare, train, generate, filter, evaluate, card" in ready.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
