@@ -7,6 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
+from synthecho import labels as lab
 from synthecho.errors import SynthechoError
 
 SAMPLERS = ("dpmsolver++", "unipc", "ddim", "ddpm")
@@ -18,6 +19,39 @@ def dtype_keyword(dtype) -> dict:
     from packaging.version import Version
 
     return {"dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype": dtype}
+
+
+def plain_config(config) -> dict:
+    """A scheduler config without diffusers' private keys (`_use_default_values`, `_class_name`, ...).
+
+    Without `_use_default_values`, `from_config` applies every saved value to the target scheduler kind
+    instead of silently falling back to that kind's defaults.
+    """
+    return {key: value for key, value in dict(config).items() if not key.startswith("_")}
+
+
+def check_sampling(sampler: str, steps: int) -> None:
+    """The sampling arguments every Sampler.sample takes: a known sampler kind, at least one step."""
+    if sampler not in SAMPLERS:
+        raise SynthechoError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if steps < 1:
+        raise SynthechoError(f"sampling steps must be >= 1, got {steps}")
+
+
+def check_label_maps(labels, seeds, resolution: int, kind: str) -> np.ndarray:
+    """One (resolution x resolution) 5-class conditioning map per seed, as int64; else a clear error."""
+    if labels is None:
+        raise SynthechoError(f"the {kind} generator needs conditioning label maps (labels=None given)")
+    labels = np.asarray(labels)
+    count = len(seeds) if seeds is not None else -1
+    if labels.shape != (count, resolution, resolution):
+        raise SynthechoError(
+            f"{kind}.sample: labels have shape {labels.shape}, expected ({count}, {resolution}, {resolution}) "
+            f"(one per seed)"
+        )
+    if labels.size and int(labels.max()) >= lab.NUM_CONDITION_CLASSES:
+        raise SynthechoError(f"{kind}.sample: labels must be 5-class maps 0..4, got max {int(labels.max())}")
+    return labels.astype(np.int64)
 
 
 # check_unet_levels names of the pixel-space UNets (sdm, ddpm): channels per level at frame resolution.

@@ -32,7 +32,7 @@ import torch
 from synthecho import labels as lab
 from synthecho.errors import SynthechoError
 from synthecho.generators import sd
-from synthecho.generators.base import SampleBatch, dtype_keyword
+from synthecho.generators.base import SampleBatch, check_label_maps, dtype_keyword
 from synthecho.generators.sdm import _check_real, _resolve_dtype, condition_maps
 
 KIND = "controlnet"
@@ -110,23 +110,12 @@ class ControlNetSampler(sd.LatentSampler):
         guidance_scale: float = 1.0,
     ) -> SampleBatch:
         """(B, H, W) 5-class maps + prompts + seeds -> (B, H, W) uint8 frames, 0 outside the sector."""
-        if labels is None:
-            raise SynthechoError("the controlnet generator needs conditioning label maps (labels=None given)")
-        labels = np.asarray(labels)
-        count = len(seeds) if seeds is not None else -1
-        if labels.shape != (count, self.resolution, self.resolution):
-            raise SynthechoError(
-                f"controlnet.sample: labels have shape {labels.shape}, expected "
-                f"({count}, {self.resolution}, {self.resolution}) (one per seed)"
-            )
-        if labels.size and int(labels.max()) >= lab.NUM_CONDITION_CLASSES:
-            raise SynthechoError(
-                f"controlnet.sample: labels must be 5-class maps 0..4, got max {int(labels.max())}"
-            )
+        labels = check_label_maps(labels, seeds, self.resolution, KIND)
+        count = len(labels)
         if count == 0:
             return SampleBatch(np.zeros((0, self.resolution, self.resolution), np.uint8), None)
         arguments = self._arguments(prompts, seeds, sampler, steps, guidance_scale)
-        control = torch.from_numpy(lab.one_hot(labels.astype(np.int64), lab.NUM_CONDITION_CLASSES))
+        control = torch.from_numpy(lab.one_hot(labels, lab.NUM_CONDITION_CLASSES))
         arguments["image"] = control.to(self.device, self.dtype)
         arguments["controlnet_conditioning_scale"] = self.conditioning_scale
         frames = self._gray(self.pipe(**arguments).images)

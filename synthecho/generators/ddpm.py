@@ -27,8 +27,8 @@ from synthecho import labels as lab
 from synthecho.errors import SynthechoError
 from synthecho.generators.base import (
     PIXEL_UNET_NAMES,
-    SAMPLERS,
     SampleBatch,
+    check_sampling,
     check_unet_levels,
     dtype_keyword,
     make_scheduler,
@@ -43,6 +43,7 @@ from synthecho.generators.sdm import (
     _norm_groups,
     _resolve_dtype,
     _step_noise_seed,
+    training_scheduler_config,  # the same pixel-space schedule and sampling settings as sdm
 )
 from synthecho.io import read_json, write_json_atomic
 
@@ -92,27 +93,6 @@ def unet_config(config, resolution: int) -> dict[str, Any]:
         # class_embed_type None + num_class_embeds: a learned embedding added to the time embedding
         "num_class_embeds": len(VIEWS) * len(PHASES) if config.class_conditional else None,
     }
-
-
-def training_scheduler_config(config) -> dict[str, Any]:
-    """DDPM noise schedule (`prediction_type` of the config) with x0 kept in [-1, 1] by every sampler.
-
-    Same sampling settings as `sdm` (see its docstring): clip/threshold x0 to the data range, `trailing`
-    spacing so few-step samplers start at the noisiest trained step.
-    """
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler(
-        num_train_timesteps=config.train_timesteps,
-        beta_schedule=config.beta_schedule,
-        prediction_type=config.prediction_type,
-        clip_sample=True,
-        clip_sample_range=1.0,
-        thresholding=True,
-        sample_max_value=1.0,
-        timestep_spacing="trailing",
-    )
-    return {key: value for key, value in scheduler.config.items() if not key.startswith("_")}
 
 
 def _targets(images: np.ndarray, masks: np.ndarray | None) -> torch.Tensor:
@@ -220,10 +200,7 @@ class DdpmSampler:
         """Frames (B, H, W) uint8 and, with joint_masks, their masks (B, H, W) 0..3; `labels` is ignored."""
         if seeds is None:
             raise SynthechoError("ddpm.sample needs one seed per row")
-        if sampler not in SAMPLERS:
-            raise SynthechoError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if steps < 1:
-            raise SynthechoError(f"sampling steps must be >= 1, got {steps}")
+        check_sampling(sampler, steps)
         if guidance_scale != 1.0:
             raise SynthechoError(
                 "the ddpm generator has no unconditional branch: set generate.guidance_scale to 1.0"

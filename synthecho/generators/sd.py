@@ -35,11 +35,12 @@ import torch
 
 from synthecho.errors import SynthechoError
 from synthecho.generators.base import (
-    SAMPLERS,
     SampleBatch,
+    check_sampling,
     check_unet_levels,
     dtype_keyword,
     make_scheduler,
+    plain_config,
     resolve_device,
     row_noise,
 )
@@ -82,13 +83,8 @@ def load_base(base_model: str) -> dict[str, Any]:
         "tokenizer": pipe.tokenizer,
         "unet": pipe.unet,
         # The base's betas (SD: scaled_linear 0.00085..0.012); sampling kinds are built from this dict.
-        "scheduler_config": _plain(pipe.scheduler.config),
+        "scheduler_config": plain_config(pipe.scheduler.config),
     }
-
-
-def _plain(config) -> dict[str, Any]:
-    """A scheduler config without private keys, so `from_config` applies every saved value."""
-    return {key: value for key, value in dict(config).items() if not key.startswith("_")}
 
 
 def scheduler_config_from(config) -> dict[str, Any]:
@@ -104,7 +100,7 @@ def scheduler_config_from(config) -> dict[str, Any]:
         clip_sample=False,  # latents are not bounded to [-1, 1]
         timestep_spacing="trailing",
     )
-    return _plain(schedule.config)
+    return plain_config(schedule.config)
 
 
 def _groups(channels: list[int]) -> int:
@@ -442,7 +438,7 @@ class LatentSampler:
     def __init__(self, pipe, resolution: int, device: str, dtype):
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(device)
-        self.scheduler_config = _plain(pipe.scheduler.config)
+        self.scheduler_config = plain_config(pipe.scheduler.config)
         self.resolution = resolution
         self.device = device
         self.dtype = dtype
@@ -450,10 +446,7 @@ class LatentSampler:
     def _arguments(self, prompts, seeds, sampler: str, steps: int, guidance_scale: float) -> dict:
         if seeds is None or prompts is None or len(prompts) != len(seeds):
             raise SynthechoError(f"{self.kind}.sample needs one prompt and one seed per row")
-        if sampler not in SAMPLERS:
-            raise SynthechoError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if steps < 1:
-            raise SynthechoError(f"sampling steps must be >= 1, got {steps}")
+        check_sampling(sampler, steps)
         self.pipe.scheduler = make_scheduler(sampler, self.scheduler_config)
         factor = self.pipe.vae_scale_factor
         shape = (self.pipe.unet.config.in_channels, self.resolution // factor, self.resolution // factor)

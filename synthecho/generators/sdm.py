@@ -35,10 +35,12 @@ from synthecho import labels as lab
 from synthecho.errors import SynthechoError
 from synthecho.generators.base import (
     PIXEL_UNET_NAMES,
-    SAMPLERS,
     SampleBatch,
+    check_label_maps,
+    check_sampling,
     check_unet_levels,
     make_scheduler,
+    plain_config,
     resolve_device,
     row_noise,
 )
@@ -153,9 +155,7 @@ def training_scheduler_config(config) -> dict[str, Any]:
         sample_max_value=1.0,
         timestep_spacing="trailing",
     )
-    # Without the private `_use_default_values` list, `from_config` applies every saved value to the
-    # target scheduler kind instead of silently falling back to that kind's defaults.
-    return {key: value for key, value in scheduler.config.items() if not key.startswith("_")}
+    return plain_config(scheduler.config)
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -301,19 +301,6 @@ class SdmSampler:
         self.device = device
         self.dtype = dtype
 
-    def _check(self, labels, seeds) -> np.ndarray:
-        if labels is None:
-            raise SynthechoError("the sdm generator needs conditioning label maps (labels=None given)")
-        labels = np.asarray(labels)
-        expected = (len(seeds), self.resolution, self.resolution)
-        if labels.shape != expected:
-            raise SynthechoError(
-                f"sdm.sample: labels have shape {labels.shape}, expected {expected} (one per seed)"
-            )
-        if labels.size and int(labels.max()) >= lab.NUM_CONDITION_CLASSES:
-            raise SynthechoError(f"sdm.sample: labels must be 5-class maps 0..4, got max {int(labels.max())}")
-        return labels.astype(np.int64)
-
     @torch.inference_mode()
     def sample(
         self,
@@ -328,11 +315,8 @@ class SdmSampler:
         """(B, H, W) 5-class maps + one seed per row -> (B, H, W) uint8 frames, 0 outside the sector."""
         if seeds is None:
             raise SynthechoError("sdm.sample needs one seed per row")
-        if sampler not in SAMPLERS:
-            raise SynthechoError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if steps < 1:
-            raise SynthechoError(f"sampling steps must be >= 1, got {steps}")
-        label_maps = self._check(labels, seeds)
+        check_sampling(sampler, steps)
+        label_maps = check_label_maps(labels, seeds, self.resolution, KIND)
         batch = len(seeds)
         if batch == 0:
             return SampleBatch(np.zeros((0, self.resolution, self.resolution), np.uint8), None)
