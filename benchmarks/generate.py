@@ -64,14 +64,14 @@ def load(args, rows: int):
 
 def ensure_trained(args) -> None:
     """Prepare the phantom and train the generator into --run-dir unless it already holds them."""
-    from synthecho import prepare
     from synthecho.generators import get_generator
     from synthecho.real import load_real
+    from synthecho.stages import run_stage
 
     run_dir = Path(args.run_dir)
     recipe = load(args, args.rows)
     if not (run_dir / "real" / "train.parquet").is_file():
-        prepare.run(recipe, run_dir, progress=False)
+        run_stage("prepare", recipe, run_dir, progress=False)
     if not any((run_dir / "generator").glob("*.json")):
         print(
             f"training {recipe.generator.kind} for {args.train_steps} steps into {run_dir}/generator",
@@ -98,7 +98,7 @@ def peak_rss_mb() -> float:
 
 def child(args) -> None:
     """--child ROWS: one fresh process running generate.run (generator loaded from disk); prints JSON."""
-    from synthecho import generate
+    from synthecho.stages import generate
 
     recipe = load(args, args.child)
     with scratch_run(Path(args.run_dir)) as scratch:
@@ -112,7 +112,7 @@ def compare(args) -> dict:
     """Raw sampling loop vs generate.run over the same batches with the same loaded sampler."""
     import torch
 
-    from synthecho import generate
+    from synthecho.stages import generate
     from synthecho.generators import get_generator
     from synthecho.generators.base import resolve_device
     from synthecho.plan import build_plan, shards_of

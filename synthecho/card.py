@@ -17,13 +17,11 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 from synthecho.errors import SynthechoError
 from synthecho.io import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
-from synthecho.stages import is_current, mark_done, read_marker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PATH = REPO_ROOT / "cards" / "template.md"
@@ -732,39 +730,6 @@ def _dataset_section(recipe) -> dict:
         "license": recipe.license,
         "pretty_name": recipe.publish.pretty_name or recipe.name,
     }
-
-
-def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
-    """Stage `card`: refresh the manifest's dataset section from the recipe and write `<run>/README.md`.
-
-    Rendering is cheap, so a "current" stage is still re-rendered when the README differs from what the
-    manifest gives now (e.g. `evaluate` ran after the card): the README never lags its manifest.
-    """
-    from synthecho.manifest import update_manifest
-
-    run_dir = Path(run_dir)
-    readme = run_dir / "README.md"
-    if not force and is_current(recipe, run_dir, "card") and readme.is_file():
-        if readme.read_text(encoding="utf-8") == render_card(_read_manifest(run_dir)):
-            return {"skipped": True, **read_marker(run_dir, "card")["info"]}
-    started = time.time()
-    _read_manifest(run_dir)  # fails with a clear message before the manifest is touched
-    # 1. The card stage reads name/version/description/license/publish from the recipe: refresh them.
-    manifest = update_manifest(
-        run_dir,
-        dataset=_dataset_section(recipe),
-        recipe=recipe.model_dump(mode="json"),
-        recipe_sha256=recipe.content_hash(),
-    )
-    # 2. Render and write.
-    text = render_card(manifest)
-    write_text_atomic(readme, text)
-    rows = published_rows(manifest)
-    info = {"card": str(readme), "rows": rows, "license": recipe.license}
-    if not recipe.license:
-        info["warning"] = "recipe key `license` is not set: publish will refuse"
-    marker = mark_done(recipe, run_dir, "card", info, started)
-    return {"skipped": False, "seconds": marker["seconds"], **info}
 
 
 # Absolute paths are machine-specific: the committed manifest must compare across machines.

@@ -55,14 +55,11 @@ def _load(recipe: str, overrides: list[str] | None, run_dir: Path | None):
 
 
 def _run_stage(stage: str, recipe: str, overrides, run_dir, force: bool, **options) -> None:
-    """Load the recipe and run one stage through the module `build` uses for it (pipeline.STAGE_MODULES)."""
-    import importlib
-
-    from synthecho.pipeline import STAGE_MODULES
+    """Load the recipe and run one stage through the runner `build` uses (skip / time / mark)."""
+    from synthecho.stages import run_stage
 
     loaded, folder = _load(recipe, overrides, run_dir)
-    module = importlib.import_module(STAGE_MODULES[stage])
-    _report(stage, module.run(loaded, folder, force=force, **options))
+    _report(stage, run_stage(stage, loaded, folder, force=force, **options))
 
 
 def _report(stage: str, result: dict) -> None:
@@ -163,10 +160,11 @@ def card(
     ] = False,
 ):
     """Render the dataset card from the manifest, or --check every committed card."""
-    from synthecho import card as stage
+    from synthecho import card as cards
+    from synthecho.stages import run_stage
 
     if check:
-        stale = stage.check_cards(repo_root)
+        stale = cards.check_cards(repo_root)
         for entry in stale:
             typer.echo(entry)
         if stale:
@@ -179,9 +177,9 @@ def card(
     if recipe is None:
         raise SynthechoError("pass --recipe to render a card, or --check to verify the committed cards")
     loaded, folder = _load(recipe, set, run_dir)
-    _report("card", stage.run(loaded, folder, force=force))
+    _report("card", run_stage("card", loaded, folder, force=force))
     if commit:
-        manifest_path, card_path = stage.export_committed(folder, repo_root)
+        manifest_path, card_path = cards.export_committed(folder, repo_root)
         typer.echo(f"committed copies: {manifest_path}, {card_path}")
 
 
@@ -232,7 +230,7 @@ def build(
     from_stage: Annotated[str | None, typer.Option("--from", help="redo from this stage on")] = None,
 ):
     """prepare -> train -> generate -> filter -> evaluate -> card, skipping stages whose inputs are unchanged."""
-    from synthecho import pipeline
+    from synthecho.stages import build as pipeline
 
     loaded, folder = _load(recipe, set, run_dir)
     summary = pipeline.build(loaded, folder, force=force, from_stage=from_stage)
@@ -245,11 +243,11 @@ def check(
     recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
 ):
     """Run nothing; check that this machine has every outside input `build` still needs (CAMUS, weights)."""
-    from synthecho import pipeline, preflight
+    from synthecho.stages import build as pipeline
 
     loaded, folder = _load(recipe, set, run_dir)
     pending = pipeline.pending_stages(loaded, folder, force=force)
-    preflight.check(loaded, {*pending})
+    pipeline.check(loaded, {*pending})
     todo = ", ".join(pending) if pending else "nothing (every stage is up to date)"
     typer.echo(f"{loaded.name}: every outside input is here; build would run {todo}")
 

@@ -82,3 +82,18 @@ def sha256_folder(folder: str | os.PathLike, pattern: str = "*") -> str:
         if p.is_file() and not p.name.startswith(".")
     )
     return sha256_bytes("\n".join(entries).encode("utf-8"))
+
+
+def sha256_model_folder(folder: str | os.PathLike) -> str:
+    """Hash of the model files a sampler loads from a trained folder (checkpoints and reports excluded)."""
+    folder = Path(folder)
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and "checkpoints" not in p.relative_to(folder).parts
+        and p.suffix in {".safetensors", ".json", ".txt", ".model"}
+        and not p.name.startswith(".")
+    )
+    listing = "\n".join(f"{p.relative_to(folder).as_posix()}:{sha256_file(p)}" for p in files)
+    return sha256_bytes(listing.encode())

@@ -172,3 +172,14 @@ def environment_info() -> dict:
 def recipe_sections(recipe) -> dict:
     """The "recipe" and "recipe_sha256" sections every stage refreshes."""
     return {"recipe": recipe.model_dump(mode="json"), "recipe_sha256": recipe.content_hash()}
+
+
+def dataset_section(recipe) -> dict:
+    """The manifest's "dataset" section (what the card names and licenses), from the recipe."""
+    return {
+        "name": recipe.name,
+        "version": recipe.version,
+        "description": recipe.description.strip(),
+        "license": recipe.license,
+        "pretty_name": recipe.publish.pretty_name or recipe.name,
+    }

@@ -1,19 +1,25 @@
 """The prepared real dataset (`<run>/real/`): the contract between `prepare` and every later stage.
 
 `prepare` writes one Parquet file per split (`real/train.parquet`, `validation.parquet`, `test.parquet`)
-with one row per labelled frame, resized to the recipe resolution. Frames, masks and sectors are stored
-as PNG bytes (lossless, small); `load_real` decodes them into stacked numpy arrays for training code.
+with one row per labelled frame, resized to the recipe resolution (`record_row`, `write_split`). Frames,
+masks and sectors are stored as PNG bytes (lossless, small); `load_real` decodes them into stacked numpy
+arrays for training code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from synthecho.errors import SynthechoError
+from synthecho.io import atomic_path
+from synthecho.labels import sector_from_image
+from synthecho.layout import RunLayout
 
 SPLITS = ("train", "validation", "test")
 
@@ -93,15 +99,11 @@ class RealSplit:
         )
 
 
-def real_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "real"
-
-
 def load_real(run_dir: str | Path, split: str) -> RealSplit:
     """Decode `<run>/real/<split>.parquet`; a clear error if `prepare` has not run."""
     import pyarrow.parquet as pq
 
-    path = real_dir(run_dir) / f"{split}.parquet"
+    path = RunLayout.of(run_dir).real_split(split)
     if not path.is_file():
         raise SynthechoError(f"{path} is missing: run `synthecho prepare --recipe ...` first.")
     table = pq.read_table(path)
@@ -116,3 +118,96 @@ def load_real(run_dir: str | Path, split: str) -> RealSplit:
 
     sectors = stack("sector", np.uint8) > 0
     return RealSplit(split, records, stack("image", np.uint8), stack("mask", np.uint8), sectors)
+
+
+# --- writing (the prepare stage) ----------------------------------------------------------------------
+
+
+def resize_frame(image: np.ndarray, mask: np.ndarray, sector: np.ndarray, resolution: int):
+    """Image: area averaging (no aliasing of speckle); mask and sector: nearest (labels stay labels)."""
+    from PIL import Image
+
+    size = (resolution, resolution)
+    image_small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX), dtype=np.uint8)
+    mask_small = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST), dtype=np.uint8)
+    sector_img = Image.fromarray(sector.astype(np.uint8) * 255)
+    sector_small = np.asarray(sector_img.resize(size, Image.Resampling.NEAREST)) > 0
+    # The fan is where the image is; labels never leave it (resampling can shift an edge pixel).
+    image_small = np.where(sector_small, image_small, 0).astype(np.uint8)
+    mask_small = np.where(sector_small, mask_small, 0).astype(np.uint8)
+    return image_small, mask_small, sector_small
+
+
+def record_row(record, resolution: int) -> dict:
+    """One row of a real/ Parquet file from a source record (CAMUS reader), resized to `resolution`."""
+    from synthecho.prompts import Attributes, image_prompt, shapes_of
+
+    sector = sector_from_image(record.image)
+    image, mask, sector = resize_frame(record.image, record.mask, sector, resolution)
+    rows, cols = record.image.shape
+    shapes = shapes_of(mask)
+    attrs = Attributes(record.view, record.phase, record.sex, record.age, record.image_quality)
+    return {
+        "id": record.id,
+        "patient": record.patient,
+        "split": record.split,
+        "view": record.view,
+        "phase": record.phase,
+        "sex": record.sex,
+        "age": int(record.age),
+        "image_quality": record.image_quality,
+        "ef": None if record.ef is None else float(record.ef),
+        "spacing_row_mm": float(record.spacing[0]) * rows / resolution,
+        "spacing_col_mm": float(record.spacing[1]) * cols / resolution,
+        "shape_lv": shapes["lv"],
+        "shape_myo": shapes["myo"],
+        "shape_la": shapes["la"],
+        "prompt": image_prompt(attrs),
+        "source_file": record.source_file,
+        "image": encode_png(image),
+        "mask": encode_png(mask, palette=True),
+        "sector": encode_png(sector.astype(np.uint8)),
+    }
+
+
+def write_split(rows: list[dict], path: Path) -> None:
+    """Write one split's rows as `real/<split>.parquet` (atomically)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {name: [row[name] for row in rows] for name in SCALAR_COLUMNS + IMAGE_COLUMNS}
+    types = {name: pa.binary() for name in IMAGE_COLUMNS}
+    types.update(
+        {
+            "age": pa.int32(),
+            "ef": pa.float64(),
+            "spacing_row_mm": pa.float64(),
+            "spacing_col_mm": pa.float64(),
+        }
+    )
+    table = pa.table(
+        {name: pa.array(values, type=types.get(name, pa.string())) for name, values in columns.items()}
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def real_content_hash(rows: list[dict]) -> str:
+    """Hash over ids, decoded pixels and attributes: survives a PNG/pyarrow upgrade, unlike file bytes."""
+    digest = hashlib.sha256()
+    for row in rows:
+        scalars = {name: row[name] for name in SCALAR_COLUMNS if name != "source_file"}
+        digest.update(json.dumps(scalars, sort_keys=True, default=str).encode())
+        for name in IMAGE_COLUMNS:
+            digest.update(decode_png(row[name]).tobytes())
+    return digest.hexdigest()
+
+
+def check_patient_splits(rows: list[dict]) -> dict[str, int]:
+    """Patients per split; no patient may appear in two splits (that would leak test anatomy)."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        other = seen.setdefault(row["patient"], row["split"])
+        if other != row["split"]:
+            raise SynthechoError(f"patient {row['patient']} appears in splits {other} and {row['split']}")
+    return {split: sum(1 for s in seen.values() if s == split) for split in SPLITS}

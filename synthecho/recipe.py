@@ -130,7 +130,11 @@ class SdConfig(Section):
     vae_kl_weight: float = 1e-6  # from config: small KL keeps latents near N(0, 1) without blurring
     unet_channels: list[int] = [32, 64, 64]  # from config: UNet2DConditionModel widths per level
     layers_per_block: int = 1  # from config: residual blocks per level
-    attention: list[bool] = [False, False, True]  # from config: cross-attention only at the lowest level (CPU)
+    attention: list[bool] = [
+        False,
+        False,
+        True,
+    ]  # from config: cross-attention only at the lowest level (CPU)
     attention_heads: int = 2  # from config: number of heads (diffusers calls it attention_head_dim)
     cross_attention_dim: int = 384  # from config: the text encoder's hidden size (MiniLM 384)
     prompt_dropout: float = Field(0.1, ge=0, le=1)  # prompts -> "" this often: classifier-free guidance
@@ -322,7 +326,9 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _names_are_safe(self) -> Recipe:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
-            raise ValueError(f"name {self.name!r} must be letters, digits, '.', '_' or '-' (it names folders)")
+            raise ValueError(
+                f"name {self.name!r} must be letters, digits, '.', '_' or '-' (it names folders)"
+            )
         return self
 
     def content_hash(self) -> str:

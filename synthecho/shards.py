@@ -1,7 +1,8 @@
 """Parquet shards of the corpus: writing, completion markers, content hashes, verification.
 
 A shard is written to a temporary file and renamed into place; only then is its completion marker
-`.markers/<shard>.json` written beside it ({rows, bytes, sha256, content_hash, ids_first, ids_last, ...}).
+`.markers/<shard>.json` written beside it (`synthecho.markers`, kind "shard"; its info holds rows,
+bytes, sha256, content_hash, ids_first, ids_last and what the writer adds).
 A shard without a marker, or whose file no longer matches its marker, is unfinished and gets redone.
 Markers live in a hidden folder so that a shard folder holds only Parquet files: `datasets` skips hidden
 paths, so `load_dataset("<run>/data")` reads the corpus as it is.
@@ -28,11 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from synthecho.io import read_json, sha256_file, write_json_atomic
+from synthecho.io import sha256_file
+from synthecho.layout import hub
+from synthecho.markers import read_marker as read_marker_file
+from synthecho.markers import write_marker
 from synthecho.real import decode_png, encode_png
 
 IMAGE_COLUMNS = ("image", "mask")
-ROW_GROUP_SIZE = 100  # rows per Parquet row group: the Hub viewer's page size, cheap random access
+ROW_GROUP_SIZE = hub.ROW_GROUP_SIZE
 CDC_MIN_PYARROW = 21  # pyarrow 21 added use_content_defined_chunking
 
 
@@ -48,6 +52,7 @@ def marker_path(shard_path: str | os.PathLike) -> Path:
 
 
 def read_marker(shard_path: str | os.PathLike) -> dict | None:
+    """The info of the shard's completion marker (rows, bytes, sha256, content_hash, ...), or None."""
     path = marker_path(shard_path)
     # Earlier synthecho versions kept `<shard>.done.json` beside the shard: move it in (atomic,
     # once), so their finished shards are not redone.
@@ -55,10 +60,11 @@ def read_marker(shard_path: str | os.PathLike) -> dict | None:
     if legacy.is_file() and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(legacy, path)
-    try:
-        return read_json(path)
-    except (FileNotFoundError, ValueError):
+    marker = read_marker_file(path)
+    if marker is None:
         return None
+    # Markers of earlier versions were the info itself, without the common schema around it.
+    return marker["info"] if "schema" in marker else marker
 
 
 def remove_shard(shard_path: str | os.PathLike) -> None:
@@ -224,7 +230,7 @@ class ShardFile:
             "ids_last": self.ids[-1],
             **dict(extra or {}),
         }
-        write_json_atomic(marker_path(self.path), marker)
+        write_marker(marker_path(self.path), "shard", self.path.name, marker)
         return marker
 
     def abort(self) -> None:

@@ -15,6 +15,7 @@ from huggingface_hub import DatasetCard
 
 from synthecho import card
 from synthecho.io import read_json, write_json_atomic
+from synthecho.stages import run_stage
 from synthecho.schema import corpus_features
 
 
@@ -160,20 +161,20 @@ def test_empty_validation_split_is_left_out_of_the_configs(tmp_path):
 def test_stage_writes_readme_and_refreshes_the_dataset_section(run):
     run_dir, _ = run
     recipe = tiny_recipe(license=None, description="Renamed.")
-    info = card.run(recipe, run_dir, progress=False)
+    info = run_stage("card", recipe, run_dir, progress=False)
     assert info["skipped"] is False and "warning" in info
     manifest = read_json(run_dir / "manifest.json")
     assert manifest["dataset"]["license"] is None and manifest["dataset"]["description"] == "Renamed."
     readme = (run_dir / "README.md").read_text(encoding="utf-8")
     assert readme == card.render_card(manifest) and "Renamed." in readme
-    assert card.run(recipe, run_dir, progress=False)["skipped"] is True
+    assert run_stage("card", recipe, run_dir, progress=False)["skipped"] is True
     # A later stage changed the manifest: the README is re-rendered although the stage inputs did not change.
     accuracy = {"accuracy": {"mean": 0.5, "std": 0.0}, "f1": {"mean": 0.4, "std": 0.1}}
     manifest["downstream"] = {
         "caps": {"cap-1": {"cap": 1.0, "tasks": {"view": {"strategies": {"real": {"metrics": accuracy}}}}}}
     }
     write_json_atomic(run_dir / "manifest.json", manifest)
-    assert card.run(recipe, run_dir, progress=False)["skipped"] is False
+    assert run_stage("card", recipe, run_dir, progress=False)["skipped"] is False
     assert "| real only | 50.0 ± 0.0 | 40.0 ± 10.0 |" in (run_dir / "README.md").read_text(encoding="utf-8")
 
 

@@ -13,7 +13,7 @@ import pytest
 from synthecho.downstream import STRATEGIES, corpus_split, load_corpus
 from synthecho.downstream.classification import ClassificationTask, labels_of
 from synthecho.downstream.clipseg import ClipSegTask, prompt_for, resolve_weights, save_tiny_clipseg
-from synthecho.downstream.evaluate import aggregate, capped_patients, run_task
+from synthecho.downstream.study import aggregate, capped_patients, run_task
 from synthecho.downstream.segmentation import SegmentationTask
 from synthecho.errors import SynthechoError
 from synthecho.real import RealSplit, encode_png
@@ -212,7 +212,7 @@ def test_recipe_rejects_bad_caps_and_levels():
 
 
 def write_real(run_dir, split: RealSplit) -> None:
-    from synthecho.prepare import write_split
+    from synthecho.real import write_split
 
     rows = []
     for record, image, mask, sector in zip(
@@ -285,7 +285,8 @@ def test_load_corpus_round_trips_the_published_schema(splits, tmp_path):
 
 
 def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatch):
-    from synthecho.downstream import evaluate
+    from synthecho.downstream.report import STRATEGY_TITLES
+    from synthecho.stages import run_stage
     from synthecho.manifest import read_manifest
 
     monkeypatch.delenv("SYNTHECHO_CLIPSEG_WEIGHTS", raising=False)
@@ -305,12 +306,12 @@ def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatc
             },
         }
     )
-    result = evaluate.run(recipe, run_dir, progress=False)
+    result = run_stage("evaluate", recipe, run_dir, progress=False)
     assert result["tasks"] == ["segmentation", "view"]
     assert "clipseg" in result["skipped_tasks"]  # no local weights configured
 
     report = (run_dir / "reports" / "downstream.md").read_text()
-    for title in evaluate.STRATEGY_TITLES.values():
+    for title in STRATEGY_TITLES.values():
         assert f"| {title} |" in report  # every strategy has a row
     assert "synthetic only vs real only" not in report and "real only vs synthetic only" in report
     assert "Skipped: no local CLIPSeg weights" in report
@@ -324,18 +325,19 @@ def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatc
     assert len(segmentation["wilcoxon"]["dice_la"]) == 6
     assert "per_image" not in segmentation  # per-image arrays stay in downstream/results.json
     assert (run_dir / "downstream" / "results.json").is_file()
-    assert evaluate.run(recipe, run_dir, progress=False)["skipped"] is True
+    assert run_stage("evaluate", recipe, run_dir, progress=False)["skipped"] is True
 
 
 def test_evaluate_with_only_skipped_tasks_reports_why(splits, tmp_path, monkeypatch):
-    from synthecho.downstream import evaluate
+    from synthecho.downstream.report import STRATEGY_TITLES
+    from synthecho.stages import run_stage
 
     monkeypatch.delenv("SYNTHECHO_CLIPSEG_WEIGHTS", raising=False)
     run_dir = tmp_path / "run"
     for name in ("train", "validation", "test"):
         write_real(run_dir, splits[name])
     recipe = recipe_from_dict({"name": "tiny", "evaluate": {"tasks": ["clipseg"], "real_caps": [0.5, 1.0]}})
-    result = evaluate.run(recipe, run_dir, progress=False)
+    result = run_stage("evaluate", recipe, run_dir, progress=False)
     assert result["tasks"] == [] and result["caps"] == []
     assert not (run_dir / "caps").exists()  # nothing to train: no capped generator either
     assert "Skipped: no local CLIPSeg weights" in (run_dir / "reports" / "downstream.md").read_text()

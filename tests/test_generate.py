@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthecho import generate
+from synthecho.stages import generate
 from synthecho.generators.base import SampleBatch
 from synthecho.io import read_json
 from synthecho.labels import LA, LV, MYO
@@ -31,7 +31,7 @@ from synthecho.real import SPLITS, decode_png, encode_png, load_real
 from synthecho.recipe import recipe_from_dict
 from synthecho.schema import MASK_TRANSFORM_FIELDS, corpus_features
 from synthecho.shards import content_hash, marker_path, read_marker, read_shard, verify_shard
-from synthecho.stages import invalidate, is_current
+from synthecho.stages import invalidate, is_current, run_stage
 
 RES = 16
 TESTS_DIR = Path(__file__).resolve().parent
@@ -91,7 +91,7 @@ def frame(patient: int, view: str, phase: str) -> tuple[np.ndarray, np.ndarray, 
 
 def write_real(run_dir: Path, patients: dict[str, int]) -> None:
     """real/{train,validation,test}.parquet as `prepare` writes them (4 records per patient)."""
-    from synthecho.prepare import write_split
+    from synthecho.real import write_split
 
     first = 0
     for split in SPLITS:
@@ -157,7 +157,7 @@ def planned_ids(recipe, run_dir: Path) -> list[str]:
 def test_generate_writes_the_planned_rows_and_manifest(real_run):
     recipe = tiny_recipe()
     sampler = SeededSampler()
-    info = generate.run(recipe, real_run, sampler=sampler, progress=False)
+    info = run_stage("generate", recipe, real_run, sampler=sampler, progress=False)
     assert info["complete"] and info["rows_planned"] == 32 and info["rows_generated"] == 32
     # 12 train records x 2 variants = 24 rows = 3 shards of 2 batches of 4; validation 8 rows = 1 shard.
     names = sorted(p.name for p in (real_run / "shards" / "raw").glob("*.parquet"))
@@ -194,7 +194,7 @@ def test_generate_writes_the_planned_rows_and_manifest(real_run):
         assert entry["content_hash"] == marker["content_hash"] and entry["sha256"] == marker["sha256"]
     assert manifest["environment"]["pyarrow"] and manifest["recipe_sha256"] == recipe.content_hash()
     assert is_current(recipe, real_run, "generate")
-    assert generate.run(recipe, real_run, sampler=sampler, progress=False)["skipped"]
+    assert run_stage("generate", recipe, real_run, sampler=sampler, progress=False)["skipped"]
 
 
 def test_same_recipe_and_seed_give_identical_content_and_datasets_loads_it(tmp_path):
@@ -205,7 +205,7 @@ def test_same_recipe_and_seed_give_identical_content_and_datasets_loads_it(tmp_p
     for attempt in ("a", "b"):
         run_dir = tmp_path / attempt
         write_real(run_dir, {"train": 2, "validation": 1})
-        generate.run(tiny_recipe(), run_dir, sampler=SeededSampler(), progress=False)
+        run_stage("generate", tiny_recipe(), run_dir, sampler=SeededSampler(), progress=False)
         hashes.append([entry["content_hash"] for entry in read_manifest(run_dir)["shards"]["raw"]])
     assert hashes[0] == hashes[1] and len(set(hashes[0])) == len(hashes[0])
 
@@ -220,7 +220,7 @@ def test_same_recipe_and_seed_give_identical_content_and_datasets_loads_it(tmp_p
 
     other = tmp_path / "c"
     write_real(other, {"train": 2, "validation": 1})
-    generate.run(tiny_recipe(seed=1), other, sampler=SeededSampler(), progress=False)
+    run_stage("generate", tiny_recipe(seed=1), other, sampler=SeededSampler(), progress=False)
     assert [e["content_hash"] for e in read_manifest(other)["shards"]["raw"]] != hashes[0]
 
 
@@ -228,14 +228,14 @@ def test_shards_split_over_workers_match_a_single_worker(tmp_path):
     single, split = tmp_path / "single", tmp_path / "split"
     for run_dir in (single, split):
         write_real(run_dir, {"train": 3, "validation": 1})
-    generate.run(tiny_recipe(), single, sampler=SeededSampler(), progress=False)
+    run_stage("generate", tiny_recipe(), single, sampler=SeededSampler(), progress=False)
 
-    first = generate.run(
+    first = run_stage("generate", 
         tiny_recipe(), split, sampler=SeededSampler(), progress=False, shard_index=1, num_shards=3
     )
     assert not first["complete"] and first["shards_written"] == 1 and read_manifest(split) == {}
     for index in (0, 2):
-        last = generate.run(
+        last = run_stage("generate", 
             tiny_recipe(), split, sampler=SeededSampler(), progress=False, shard_index=index, num_shards=3
         )
     assert last["complete"]
@@ -244,7 +244,7 @@ def test_shards_split_over_workers_match_a_single_worker(tmp_path):
 
 def test_resume_redoes_only_damaged_or_unmarked_shards(real_run):
     recipe = tiny_recipe()
-    generate.run(recipe, real_run, sampler=SeededSampler(), progress=False)
+    run_stage("generate", recipe, real_run, sampler=SeededSampler(), progress=False)
     raw = real_run / "shards" / "raw"
     before = {p.name: p.stat().st_mtime_ns for p in raw.glob("*.parquet")}
     marker_path(raw / "train-00001.parquet").unlink()  # crashed before its marker
@@ -252,7 +252,7 @@ def test_resume_redoes_only_damaged_or_unmarked_shards(real_run):
     damaged.write_bytes(damaged.read_bytes()[:-10])  # truncated file, marker intact
     invalidate(real_run, "generate")
 
-    info = generate.run(recipe, real_run, sampler=SeededSampler(), progress=False)
+    info = run_stage("generate", recipe, real_run, sampler=SeededSampler(), progress=False)
     assert info["shards_written"] == 2 and info["shards_already_done"] == 2 and info["complete"]
     after = {p.name: p.stat().st_mtime_ns for p in raw.glob("*.parquet")}
     assert after["train-00000.parquet"] == before["train-00000.parquet"]
@@ -260,7 +260,7 @@ def test_resume_redoes_only_damaged_or_unmarked_shards(real_run):
     assert all(verify_shard(p) for p in raw.glob("*.parquet"))
 
     # A changed generation setting changes every shard's key: nothing stale is reused.
-    changed = generate.run(tiny_recipe(steps=3), real_run, sampler=SeededSampler(), progress=False)
+    changed = run_stage("generate", tiny_recipe(steps=3), real_run, sampler=SeededSampler(), progress=False)
     assert changed["shards_written"] == 4
 
 
@@ -275,8 +275,8 @@ def test_killed_run_resumes_to_exactly_the_planned_rows(tmp_path):
             sys.path.insert(0, {str(TESTS_DIR)!r})
             from pathlib import Path
             from test_generate import SeededSampler, tiny_recipe
-            from synthecho import generate
-            generate.run(tiny_recipe(), Path({str(run_dir)!r}), sampler=SeededSampler(delay=0.4), progress=False)
+            from synthecho.stages import run_stage
+            run_stage("generate", tiny_recipe(), Path({str(run_dir)!r}), sampler=SeededSampler(delay=0.4), progress=False)
             """
         )
     )
@@ -291,7 +291,7 @@ def test_killed_run_resumes_to_exactly_the_planned_rows(tmp_path):
     markers = list(raw.glob(".markers/*.json"))
     assert 1 <= len(markers) < 4 and not (run_dir / "manifest.json").exists()
 
-    info = generate.run(tiny_recipe(), run_dir, sampler=SeededSampler(), progress=False)
+    info = run_stage("generate", tiny_recipe(), run_dir, sampler=SeededSampler(), progress=False)
     assert info["complete"] and info["shards_already_done"] == len(markers)
     ids = all_ids(run_dir)
     assert Counter(ids) == Counter(planned_ids(tiny_recipe(), run_dir))  # none missing, none twice
@@ -301,7 +301,7 @@ def test_killed_run_resumes_to_exactly_the_planned_rows(tmp_path):
 
     clean = tmp_path / "clean"
     write_real(clean, {"train": 3, "validation": 1})
-    generate.run(tiny_recipe(), clean, sampler=SeededSampler(), progress=False)
+    run_stage("generate", tiny_recipe(), clean, sampler=SeededSampler(), progress=False)
     assert [content_hash(read_shard(p)) for p in shards] == [
         e["content_hash"] for e in read_manifest(clean)["shards"]["raw"]
     ]
@@ -311,7 +311,7 @@ def test_degenerate_outputs_are_written_and_generated_masks_used(tmp_path):
     run_dir = tmp_path / "nan"
     write_real(run_dir, {"train": 1, "validation": 1})
     recipe = tiny_recipe(splits=["train"], variants=1)
-    generate.run(recipe, run_dir, sampler=SeededSampler(nan=True, masks=True), progress=False)
+    run_stage("generate", recipe, run_dir, sampler=SeededSampler(nan=True, masks=True), progress=False)
     table = read_shard(run_dir / "shards" / "raw" / "train-00000.parquet")
     image = decode_png(table.column("image")[0].as_py()["bytes"])
     mask = decode_png(table.column("mask")[0].as_py()["bytes"])
@@ -333,7 +333,7 @@ def test_tiny_trained_sdm_end_to_end(real_run):
     import torch
 
     from synthecho.generators import sdm
-    from synthecho.train import weights_sha256
+    from synthecho.io import sha256_model_folder
 
     torch.set_num_threads(2)
     recipe = recipe_from_dict(
@@ -357,12 +357,12 @@ def test_tiny_trained_sdm_end_to_end(real_run):
         }
     )
     sdm.train(recipe, load_real(real_run, "train"), real_run / "generator", progress=False)
-    info = generate.run(recipe, real_run, progress=False)
+    info = run_stage("generate", recipe, real_run, progress=False)
     assert info["complete"] and info["rows_generated"] == 8
     rows = read_shard(real_run / "shards" / "raw" / "train-00000.parquet").to_pylist()
     assert rows[0]["prompt"] == ""  # the SDM sees only the label map
     assert rows[0]["generator"] == "sdm/concat"
-    assert rows[0]["generator_sha256"] == weights_sha256(real_run / "generator")
+    assert rows[0]["generator_sha256"] == sha256_model_folder(real_run / "generator")
     assert read_json(real_run / "stages" / "generate.json")["info"]["rows_generated"] == 8
 
 
@@ -381,7 +381,7 @@ def test_segmenter_supplies_masks_when_the_generator_makes_none(real_run):
     sampler = SeededSampler()
     sampler.mask_source = "segmenter"
     recipe = tiny_recipe(splits=["train"], variants=1, max_records_per_split=4)
-    generate.run(recipe, real_run, sampler=sampler, progress=False)
+    run_stage("generate", recipe, real_run, sampler=sampler, progress=False)
     table = read_shard(real_run / "shards" / "raw" / "train-00000.parquet")
     images = np.stack([decode_png(cell["bytes"]) for cell in table.column("image").to_pylist()])
     masks = np.stack([decode_png(cell["bytes"]) for cell in table.column("mask").to_pylist()])
@@ -401,8 +401,8 @@ def test_launcher_ranks_split_the_shards(tmp_path):
             sys.path.insert(0, {str(TESTS_DIR)!r})
             from pathlib import Path
             from test_generate import SeededSampler, tiny_recipe
-            from synthecho import generate
-            info = generate.run(tiny_recipe(), Path({str(run_dir)!r}), sampler=SeededSampler(), progress=False)
+            from synthecho.stages import run_stage
+            info = run_stage("generate", tiny_recipe(), Path({str(run_dir)!r}), sampler=SeededSampler(), progress=False)
             print("INFO " + json.dumps(info), flush=True)
             """
         )

@@ -52,13 +52,13 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory, one_torch_thread):
-    from synthecho import prepare
+    from synthecho.stages import run_stage
     from synthecho.real import load_real
     from synthecho.segmenter import load_segmenter, train_segmenter
 
     run_dir = tmp_path_factory.mktemp("quality-run")
     recipe = _recipe(run_dir)
-    prepare.run(recipe, run_dir, progress=False)
+    run_stage("prepare", recipe, run_dir, progress=False)
     real = {split: load_real(run_dir, split) for split in ("train", "validation", "test")}
     train_segmenter(
         recipe.segmenter, real["train"], real["validation"], run_dir / "segmenter", progress=False
@@ -72,7 +72,7 @@ def phantom(tmp_path_factory, one_torch_thread):
 
 
 def _context(phantom):
-    from synthecho.quality.filter import ScoringContext
+    from synthecho.quality.scoring import ScoringContext
 
     train = phantom["real"]["train"]
     copies = CopyIndex(train.images, train.ids)
@@ -197,7 +197,7 @@ def test_inception_features_load_a_local_torchscript_file(tmp_path):
 
 
 def test_near_copies_are_rejected_and_other_patients_are_not(phantom):
-    from synthecho.quality.filter import score_rows
+    from synthecho.quality.scoring import score_rows
 
     context = _context(phantom)
     train, validation = phantom["real"]["train"], phantom["real"]["validation"]
@@ -218,7 +218,7 @@ def test_near_copies_are_rejected_and_other_patients_are_not(phantom):
 
 
 def test_swapped_masks_are_inconsistent(phantom):
-    from synthecho.quality.filter import score_rows
+    from synthecho.quality.scoring import score_rows
 
     context = _context(phantom)
     validation = phantom["real"]["validation"]
@@ -232,7 +232,7 @@ def test_swapped_masks_are_inconsistent(phantom):
 
 
 def test_segmenter_masks_get_plausibility_not_dice(phantom):
-    from synthecho.quality.filter import score_rows
+    from synthecho.quality.scoring import score_rows
 
     context = _context(phantom)
     validation = phantom["real"]["validation"]
@@ -272,7 +272,7 @@ def _fabricate_raw_shards(recipe, run_dir, real):
     Good rows show frames of held-out test patients with their own masks; the bad ones are a constant
     frame, a mask from another view, an exact copy of a training frame and an upside-down segmenter mask.
     """
-    from synthecho.generate import batch_rows, shard_path
+    from synthecho.stages.generate import batch_rows, shard_path
     from synthecho.plan import build_plan, shards_of
     from synthecho.prompts import shapes_of
     from synthecho.schema import corpus_features
@@ -311,17 +311,16 @@ def test_filter_stage_end_to_end(phantom):
 
     from synthecho.errors import SynthechoError
     from synthecho.manifest import read_manifest
-    from synthecho.quality import filter as stage
     from synthecho.schema import arrow_schema, corpus_features
     from synthecho.shards import read_shard
-    from synthecho.stages import invalidate
+    from synthecho.stages import invalidate, run_stage
 
     run_dir, recipe, real = phantom["run_dir"], phantom["recipe"], phantom["real"]
     with pytest.raises(SynthechoError, match="generate is incomplete"):
-        stage.run(recipe, run_dir, progress=False)
+        run_stage("filter", recipe, run_dir, progress=False)
     expected = _fabricate_raw_shards(recipe, run_dir, real)
 
-    result = stage.run(recipe, run_dir, progress=False)
+    result = run_stage("filter", recipe, run_dir, progress=False)
     assert not result["skipped"]
 
     # Scored shards: every row, with the expected verdicts.
@@ -386,7 +385,7 @@ def test_filter_stage_end_to_end(phantom):
     assert (run_dir / "reports" / "filter_examples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Up to date: skipped. Rerun (scored shards reused): the same KID, to the last digit.
-    assert stage.run(recipe, run_dir, progress=False)["skipped"]
+    assert run_stage("filter", recipe, run_dir, progress=False)["skipped"]
     invalidate(run_dir, "filter")
-    stage.run(recipe, run_dir, progress=False)
+    run_stage("filter", recipe, run_dir, progress=False)
     assert read_manifest(run_dir)["metrics"]["domain"] == metrics["domain"]

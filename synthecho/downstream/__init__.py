@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from synthecho.errors import SynthechoError
+from synthecho.layout import RunLayout
 from synthecho.real import RealSplit
 
 STRATEGIES = ("real", "synthetic", "pretrain_finetune", "real_plus_synthetic")
@@ -33,15 +34,13 @@ CONTRAST_RANGE = (0.85, 1.15)
 # --- the synthetic corpus ----------------------------------------------------------------------------
 
 
-def corpus_files(run_dir: str | Path, split: str) -> list[Path]:
-    """The published (passed-rows) shards of one split, in shard order."""
-    return sorted((Path(run_dir) / "data").glob(f"{split}-*-of-*.parquet"))
-
-
-def load_corpus(run_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def load_corpus(
+    run_dir: str | Path, split: str, *, filtered: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Decode the passed synthetic rows of `<run>/data/{split}-*-of-*.parquet`.
 
-    No shard at all is an error unless the filter stage has finished (then it kept no row: empty arrays).
+    No shard at all is an error unless `filtered` says the filter stage has finished (then it kept no
+    row: empty arrays).
 
     Returns (images (N,H,W) uint8, masks (N,H,W) uint8 0..3, records). Records use the same keys as
     `synthecho.real` records (view/phase/sex/image_quality as CAMUS strings, age, shape words, spacing,
@@ -51,10 +50,9 @@ def load_corpus(run_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
 
     from synthecho.real import decode_png
     from synthecho.schema import PHASES, QUALITIES, SEXES, VIEWS
-    from synthecho.stages import read_marker
 
-    files = corpus_files(run_dir, split)
-    if not files and read_marker(run_dir, "filter") is not None:
+    files = RunLayout.of(run_dir).data_files(split)
+    if not files and filtered:
         # The filter ran and kept no row of this split: an empty corpus, not a missing one.
         return np.zeros((0, 0, 0), np.uint8), np.zeros((0, 0, 0), np.uint8), []
     if not files:
@@ -91,9 +89,11 @@ def load_corpus(run_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
     return np.stack(images), np.stack(masks).astype(np.uint8), records
 
 
-def corpus_split(run_dir: str | Path, split: str, limit: int | None = None) -> RealSplit:
+def corpus_split(
+    run_dir: str | Path, split: str, limit: int | None = None, *, filtered: bool = False
+) -> RealSplit:
     """`load_corpus` as a RealSplit (sector = non-zero pixels), optionally the first `limit` rows."""
-    images, masks, records = load_corpus(run_dir, split)
+    images, masks, records = load_corpus(run_dir, split, filtered=filtered)
     if limit is not None:
         images, masks, records = images[:limit], masks[:limit], records[:limit]
     return RealSplit(f"synthetic-{split}", records, images, masks, images > 0)

@@ -165,3 +165,40 @@ class InceptionFeatures:
                 tensor = torch.from_numpy(np.stack(batch).astype(np.float32)).to(self.device)
                 features.append(self.model(tensor).double().cpu().numpy())
         return np.concatenate(features) if features else np.zeros((0, 2048), np.float64)
+
+
+# --- a corpus against the real splits ------------------------------------------------------------
+
+
+def _compare_or_note(real: np.ndarray, synthetic: np.ndarray, config, seed: int) -> dict:
+    values = compare(
+        real, synthetic, subsets=config.kid_subsets, subset_size=config.kid_subset_size, seed=seed
+    )
+    if values["kid_mean"] is None:  # fewer than 2 rows on a side: say so instead of a number
+        return {
+            "n_real": values["n_real"],
+            "n_synthetic": values["n_synthetic"],
+            "note": "fewer than 2 rows on a side: no distribution to compare",
+        }
+    return values
+
+
+def feature_space_metrics(
+    real: dict[str, np.ndarray], synthetic: dict[str, list], config, seed: int
+) -> tuple[dict, dict]:
+    """One feature space: ({split: ..., "overall": ...}, real train vs real validation).
+
+    Each split's passed rows are compared with the real split of the same name; "overall" pools every
+    split on both sides. `synthetic` maps split -> list of (n, d) feature blocks (possibly empty).
+    """
+    width = real["train"].shape[1]
+
+    def stack(splits) -> np.ndarray:
+        blocks = [block for split in splits for block in synthetic[split]]
+        return np.concatenate(blocks) if blocks else np.zeros((0, width))
+
+    result = {split: _compare_or_note(real[split], stack([split]), config, seed) for split in synthetic}
+    everything = np.concatenate([real[split] for split in synthetic])
+    result["overall"] = _compare_or_note(everything, stack(list(synthetic)), config, seed)
+    reference = _compare_or_note(real["train"], real["validation"], config, seed)
+    return result, reference

@@ -10,7 +10,7 @@
    sample, pick the row masks by `mask_source`, and hand the rows to the writer thread, which computes
    shape words, PNG-encodes and writes row groups behind a bounded queue while the next batch samples.
 6. Whichever process sees every planned shard finished writes the manifest sections (`generation`,
-   `shards.raw`, `counts`) and the stage marker.
+   `shards.raw`, `counts`) and reports the stage complete (the stage runner then marks it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from synthecho.errors import SynthechoError
-from synthecho.io import sha256_json
+from synthecho.io import sha256_json, sha256_model_folder
+from synthecho.layout import RunLayout
 from synthecho.plan import ShardPlan, build_plan, my_shards, rows_per_split, shards_of
 from synthecho.shards import (
     BackgroundWriter,
@@ -32,19 +33,12 @@ from synthecho.shards import (
     remove_shard,
     shard_matches_marker,
 )
-from synthecho.stages import is_current, mark_done
-from synthecho.stages import read_marker as read_stage_marker
 
-STAGE = "generate"
 WRITER_QUEUE_BATCHES = 3  # batches sampled ahead of the writer: overlap without unbounded memory
 
 
-def raw_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "shards" / "raw"
-
-
 def shard_path(run_dir: str | os.PathLike, shard: ShardPlan) -> Path:
-    return raw_dir(run_dir) / f"{shard.name}.parquet"
+    return RunLayout.of(run_dir).raw_shard(shard.name)
 
 
 # --- 1. worker slot, device, precision ------------------------------------------------------------------
@@ -85,12 +79,8 @@ def generator_sha256(run_dir: Path) -> str:
     recorded = (read_manifest(run_dir).get("generator") or {}).get("sha256")
     if recorded:
         return recorded
-    folder = run_dir / "generator"
-    if folder.is_dir():
-        from synthecho.train import weights_sha256
-
-        return weights_sha256(folder)
-    return ""
+    folder = RunLayout.of(run_dir).generator
+    return sha256_model_folder(folder) if folder.is_dir() else ""
 
 
 def generator_name(recipe, sampler) -> str:
@@ -208,9 +198,6 @@ def run(
     from synthecho.schema import corpus_features
 
     run_dir = Path(run_dir)
-    if not force and is_current(recipe, run_dir, STAGE):
-        return {"skipped": True, **read_stage_marker(run_dir, STAGE)["info"]}
-    started = time.time()
     config = recipe.generate
 
     # 1. Who am I.
@@ -226,7 +213,9 @@ def run(
 
     # 3. Generator (+ segmenter).
     if sampler is None:
-        sampler = get_generator(recipe.generator.kind).load(run_dir / "generator", device=device, dtype=dtype)
+        sampler = get_generator(recipe.generator.kind).load(
+            RunLayout.of(run_dir).generator, device=device, dtype=dtype
+        )
     resolution = next(iter(real.values())).masks.shape[-1]
     if sampler.resolution != resolution:
         raise SynthechoError(
@@ -237,7 +226,7 @@ def run(
     if sampler.mask_source == "segmenter":
         from synthecho.segmenter import load_segmenter
 
-        segmenter = load_segmenter(run_dir / "segmenter", device=device)
+        segmenter = load_segmenter(RunLayout.of(run_dir).segmenter, device=device)
     common = {
         "generator": generator_name(recipe, sampler),
         "generator_sha256": generator_sha256(run_dir),
@@ -324,7 +313,6 @@ def run(
     rows_here = sum(marker["rows"] for marker in written)
 
     info = {
-        "skipped": False,
         "shard_index": shard_index,
         "num_shards": num_shards,
         "device": device,
@@ -338,21 +326,21 @@ def run(
         "images_per_second": round(rows_here / seconds_here, 3) if rows_here else None,
     }
 
-    # 6. Last one out writes the manifest and the stage marker.
+    # 6. Last one out writes the manifest; the stage runner marks the stage done.
     all_done = completed_markers(run_dir, shards, settings)
     info["complete"] = len(all_done) == len(shards)
     if info["complete"]:
-        _finalize(recipe, run_dir, plan, shards, all_done, settings, device, precision, started, info)
+        _finalize(recipe, run_dir, plan, shards, all_done, settings, device, precision, info)
     return info
 
 
-def _finalize(recipe, run_dir, plan, shards, markers, settings, device, precision, started, info) -> None:
+def _finalize(recipe, run_dir, plan, shards, markers, settings, device, precision, info) -> None:
     from synthecho.manifest import environment_info, merge_section, recipe_sections, update_manifest
 
     config = recipe.generate
     # Shards from an earlier, larger plan would be picked up by `filter`: remove them.
     planned = {shard_path(run_dir, shard).name for shard in shards}
-    for stale in raw_dir(run_dir).glob("*.parquet"):
+    for stale in RunLayout.of(run_dir).raw_shards.glob("*.parquet"):
         if stale.name not in planned:
             remove_shard(stale)
 
@@ -391,14 +379,3 @@ def _finalize(recipe, run_dir, plan, shards, markers, settings, device, precisio
     update_manifest(run_dir, **recipe_sections(recipe), environment=environment_info(), generation=generation)
     merge_section(run_dir, "shards", raw=entries)
     merge_section(run_dir, "counts", planned=len(plan), generated=generated)
-    finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    merge_section(
-        run_dir, "stages", generate={"seconds": round(time.time() - started, 3), "finished_at": finished_at}
-    )
-    mark_done(
-        recipe,
-        run_dir,
-        STAGE,
-        {"rows_planned": len(plan), "rows_generated": generated, "shards": len(entries), **generation},
-        started,
-    )

@@ -1,31 +1,30 @@
-"""`synthecho build`: every stage in order, each skipped when its inputs are unchanged.
+"""`synthecho build` and `synthecho check`: every stage in order, each skipped when its inputs are unchanged.
 
 Generators are trained once: rerunning `build` after an interruption finds `prepare` and `train`
 current and resumes `generate` at the first shard without a completion marker. `--force` redoes every
 stage; `--from STAGE` redoes that stage and the ones after it.
+
+Before any work, `build` asks every pending stage for the outside inputs it needs (the CAMUS root, base
+weights) and refuses to start, with one line per missing input naming the recipe key and the fix: a
+build that prepares CAMUS for minutes and then stops because the Stable Diffusion weights are absent has
+wasted the minutes, and one that reports missing inputs one at a time wastes a rerun per input. Stages
+already done need nothing: a trained generator can go on generating without the base weights or CAMUS.
+Optional weights (Inception for FID, CLIPSeg for the downstream study) are not inputs: their absence is
+reported in the outputs, not refused.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 
 from synthecho.errors import SynthechoError
-from synthecho.stages import STAGES, invalidate, is_current
-
-STAGE_MODULES = {
-    "prepare": "synthecho.prepare",
-    "train": "synthecho.train",
-    "generate": "synthecho.generate",
-    "filter": "synthecho.quality.filter",
-    "evaluate": "synthecho.downstream.evaluate",
-    "card": "synthecho.card",
-}
+from synthecho.layout import RunLayout
+from synthecho.stages import BUILD_ORDER, BY_NAME, invalidate, is_current, missing_inputs, run_stage
 
 
 def stages_to_run(recipe) -> list[str]:
-    return [stage for stage in STAGES if stage != "evaluate" or recipe.evaluate.enabled]
+    return [stage for stage in BUILD_ORDER if BY_NAME[stage].in_build(recipe)]
 
 
 def pending_stages(recipe, run_dir: Path, *, force: bool = False, redo: list[str] = ()) -> list[str]:
@@ -33,32 +32,38 @@ def pending_stages(recipe, run_dir: Path, *, force: bool = False, redo: list[str
     return [s for s in stages_to_run(recipe) if force or s in redo or not is_current(recipe, run_dir, s)]
 
 
+def check(recipe, pending: set[str]) -> None:
+    """Raise one SynthechoError listing every missing outside input (nothing has been written yet)."""
+    problems = missing_inputs(recipe, pending)
+    if problems:
+        listed = "\n".join(f"  - {problem}" for problem in problems)
+        raise SynthechoError(
+            f"recipe {recipe.name!r} needs inputs this machine does not have; nothing was started:\n{listed}"
+        )
+
+
 def build(
     recipe, run_dir: Path, *, force: bool = False, from_stage: str | None = None, progress: bool = True
 ) -> str:
     """Run the whole pipeline; returns a plain-text summary."""
-    from synthecho import preflight
-
     run_dir = Path(run_dir)
     stages = stages_to_run(recipe)
     if from_stage is not None and from_stage not in stages:
         raise SynthechoError(f"--from {from_stage!r}: expected one of {', '.join(stages)}")
     redo = stages[stages.index(from_stage) :] if from_stage is not None else []
     # Everything this build will run must find its inputs before anything starts (or is invalidated).
-    preflight.check(recipe, set(pending_stages(recipe, run_dir, force=force, redo=redo)))
+    check(recipe, set(pending_stages(recipe, run_dir, force=force, redo=redo)))
     for stage in redo:
         invalidate(run_dir, stage)
     started = time.time()
-    results = {}
-    for stage in stages:
-        module = importlib.import_module(STAGE_MODULES[stage])
-        results[stage] = module.run(recipe, run_dir, force=force, progress=progress)
+    results = {stage: run_stage(stage, recipe, run_dir, force=force, progress=progress) for stage in stages}
     return summarize(recipe, run_dir, results, time.time() - started)
 
 
 def summarize(recipe, run_dir: Path, results: dict, seconds: float) -> str:
     from synthecho.manifest import read_manifest
 
+    layout = RunLayout.of(run_dir)
     manifest = read_manifest(run_dir)
     lines = [f"synthecho build {recipe.name} {recipe.version}: {seconds:.1f} s in all, run dir {run_dir}"]
     for stage, result in results.items():
@@ -80,7 +85,6 @@ def summarize(recipe, run_dir: Path, results: dict, seconds: float) -> str:
                 f"  domain KID {split}: {values['kid_mean']:.4f} ± {values.get('kid_std', 0):.4f}, FID {values.get('fid', float('nan')):.2f}"
             )
     lines.append(
-        f"  outputs: {run_dir / 'data'} (corpus), {run_dir / 'README.md'} (card), "
-        f"{run_dir / 'manifest.json'}, {run_dir / 'reports'}"
+        f"  outputs: {layout.data} (corpus), {layout.card} (card), {layout.manifest}, {layout.reports}"
     )
     return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""Stage `evaluate`: downstream baselines, with the statistics a claim needs.
+
+For every real-data cap, task, strategy and seed a model is trained (selected on real validation) and
+tested on the real test split; the per-image results are kept so strategies can be compared image by
+image (`synthecho.downstream.study`).
+
+1. Tasks: `segmentation` (MONAI U-Net), `phase` and `view` (ResNet-18), `clipseg` (one task per prompt
+   level, skipped with a stated reason when no local CLIPSeg weights are configured).
+2. Real-data caps. A cap p < 1 keeps round(p x train patients) patients (at least one), drawn once with
+   `recipe.seed` (patient level, the same subset for every evaluation seed). The synthetic rows of a
+   capped row must not have seen the held-back patients — neither through the generator nor through
+   the filter's segmenter — so each cap gets a sub-run `<run>/caps/cap-{p}/` whose `real/train.parquet`
+   is the capped subset (validation and test are copied unchanged), and train -> generate -> filter run
+   there through the stage runner (its `prepare` marker is written here: `prepare` itself would rebuild
+   the full split). A changed subset deletes the sub-run and rebuilds it. Cap 1.0 is the run itself.
+3. Each finished (cap, task, strategy, seed) unit is cached in `<run>/downstream/units/` with the hash of
+   its inputs, so an interrupted study resumes.
+4. Outputs: `<run>/downstream/results.json` (everything, per-image included), manifest section
+   `downstream` (summaries and p-values), `reports/downstream.md` (tables), `reports/downstream.png`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from synthecho.downstream import STRATEGIES, corpus_split
+from synthecho.downstream.report import REPORT_MD, REPORT_PNG, render_chart, render_markdown
+from synthecho.downstream.study import (
+    SYNTHETIC_STRATEGIES,
+    aggregate,
+    build_tasks,
+    cap_label,
+    capped_patients,
+    corpus_fingerprint,
+    run_task,
+    strip_per_image,
+)
+from synthecho.errors import SynthechoError
+from synthecho.io import atomic_path, sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from synthecho.layout import RunLayout
+from synthecho.markers import current_info, write_marker
+from synthecho.real import SPLITS, load_real
+from synthecho.stages import is_current, mark_done, read_stage_marker, run_stage
+
+CAP_STAGES = ("train", "generate", "filter")
+
+
+def prepare_cap_run(recipe, run_dir: Path, cap: float, *, force: bool = False, progress: bool = True) -> Path:
+    """Build (or resume) `<run>/caps/cap-{p}/` whose real train split holds only the capped patients.
+
+    1. Select the patients; compare with the selection recorded in the sub-run's marker `cap.json` — a
+       different subset (or a re-prepared parent) deletes the sub-run: its generator and segmenter saw
+       the wrong patients.
+    2. Write `real/train.parquet` (capped rows), copy validation/test, then the marker `cap.json`.
+    3. Write the sub-run's `prepare` marker and manifest sections (the parent's, with capped counts).
+    4. Run train -> generate -> filter there through the stage runner (each skips when current).
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from synthecho.manifest import read_manifest, update_manifest
+
+    started = time.time()
+    parent, sub = RunLayout.of(run_dir), RunLayout.of(run_dir).cap_run(cap_label(cap))
+    table = pq.read_table(parent.real_split("train"))
+    chosen = capped_patients(table.column("patient").to_pylist(), cap, recipe.seed)
+    selection = {
+        "cap": cap,
+        "seed": recipe.seed,
+        "patients": chosen,
+        "parent_real_sha256": {split: sha256_file(parent.real_split(split)) for split in SPLITS},
+    }
+    selection_hash = sha256_json(selection)
+    cap_marker = sub.root / "cap.json"
+    if cap_marker.is_file() and current_info(cap_marker, selection_hash) is None:
+        shutil.rmtree(sub.root)
+    if not cap_marker.is_file():
+        capped = table.filter(pc.is_in(table.column("patient"), value_set=_string_array(chosen)))
+        with atomic_path(sub.real_split("train")) as tmp:
+            pq.write_table(capped, tmp, compression="zstd")
+        for split in ("validation", "test"):
+            with atomic_path(sub.real_split(split)) as tmp:
+                shutil.copyfile(parent.real_split(split), tmp)
+        # last: marks the sub-run's real/ as complete
+        write_marker(cap_marker, "cap", cap_label(cap), selection, input_hash=selection_hash)
+
+    if force or not is_current(recipe, sub.root, "prepare"):
+        parent_manifest = read_manifest(run_dir)
+        counts = {split: pq.read_metadata(sub.real_split(split)).num_rows for split in SPLITS}
+        patients = dict(parent_manifest.get("source", {}).get("patients", {}), train=len(chosen))
+        note = (
+            f"real-data cap {cap:g}: train split limited to {len(chosen)} of {len(set(table.column('patient').to_pylist()))} "
+            f"patients (seed {recipe.seed}); generator and segmenter trained on this subset only."
+        )
+        source = {**parent_manifest.get("source", {}), "records": counts, "patients": patients, "note": note}
+        update_manifest(sub.root, dataset=parent_manifest.get("dataset", {}), source=source)
+        info = {"records": counts, "patients": patients, "cap": cap, "capped_from": str(parent.real)}
+        mark_done(recipe, sub.root, "prepare", info, started)
+    for stage in CAP_STAGES:  # through the stage runner: each is skipped when current
+        run_stage(stage, recipe, sub.root, force=force, progress=progress)
+    return sub.root
+
+
+def _string_array(values: list[str]):
+    import pyarrow as pa
+
+    return pa.array(values, type=pa.string())
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+
+def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
+    """Train and test every (cap, task, strategy, seed); write results, report, chart and manifest."""
+    from tqdm.auto import tqdm
+
+    from synthecho.manifest import environment_info, update_manifest
+
+    run_dir = Path(run_dir)
+    layout = RunLayout.of(run_dir)
+    config = recipe.evaluate
+    if not config.seeds or not config.strategies or not config.tasks:
+        raise SynthechoError(
+            "evaluate.tasks, evaluate.strategies and evaluate.seeds must each list at least one entry"
+        )
+    strategies = [s for s in STRATEGIES if s in config.strategies]  # fixed order: synthetic before fine-tune
+    units_root = layout.downstream_units
+    if force and units_root.exists():
+        shutil.rmtree(units_root)
+
+    # 1. Real validation and test (shared by every cap), and the tasks.
+    validation, test = load_real(run_dir, "validation"), load_real(run_dir, "test")
+    if len(test) == 0 or len(validation) == 0:
+        raise SynthechoError(f"{layout.real}: the real validation and test splits must not be empty")
+    tasks, skipped_tasks = build_tasks(recipe, validation, test)
+    needs_synthetic = any(s in SYNTHETIC_STRATEGIES for s in strategies)
+
+    # 2-3. Caps, largest first (the run's own corpus), then each task's strategies and seeds.
+    study = {
+        "tasks": [task.name for task in tasks],
+        "settings": {task.name: task.settings for task in tasks},
+        "strategies": strategies,
+        "seeds": list(config.seeds),
+        "skipped_tasks": skipped_tasks,
+        "test": {"frames": len(test), "patients": len({r["patient"] for r in test.records}), "ids": test.ids},
+        "validation": {
+            "frames": len(validation),
+            "patients": len({r["patient"] for r in validation.records}),
+        },
+        "caps": {},
+    }
+    # No runnable task (e.g. only clipseg without weights): nothing to train, so no capped sub-run either.
+    for cap in sorted(set(config.real_caps), reverse=True) if tasks else []:
+        cap_run = (
+            run_dir if cap >= 1 else prepare_cap_run(recipe, run_dir, cap, force=force, progress=progress)
+        )
+        real_train = load_real(cap_run, "train")
+        synthetic, fingerprint = None, None
+        if needs_synthetic and tasks:
+            filtered = read_stage_marker(cap_run, "filter") is not None
+            synthetic = corpus_split(cap_run, "train", limit=config.max_synthetic, filtered=filtered)
+            fingerprint = corpus_fingerprint(cap_run, config.max_synthetic)
+        entry = {
+            "cap": cap,
+            "run": cap_run.relative_to(run_dir).as_posix() or ".",
+            "real_train_patients": len({r["patient"] for r in real_train.records}),
+            "real_train_frames": len(real_train),
+            "synthetic_train_rows": len(synthetic) if synthetic is not None else 0,
+            "tasks": {},
+        }
+        for task in tqdm(tasks, desc=f"evaluate {cap_label(cap)}", disable=not progress, leave=False):
+            units = run_task(
+                task, strategies, list(config.seeds), real_train, synthetic, fingerprint,
+                units_root / cap_label(cap) / task.name, progress=progress,
+            )  # fmt: skip
+            entry["tasks"][task.name] = aggregate(task, units, strategies)
+        study["caps"][cap_label(cap)] = entry
+
+    # 4-5. Results, report, chart, manifest, marker.
+    write_json_atomic(layout.downstream / "results.json", study)
+    reports = layout.reports
+    write_text_atomic(reports / REPORT_MD, render_markdown(recipe, study))
+    (reports / REPORT_PNG).unlink(missing_ok=True)  # a chart from an earlier study must not outlive it
+    render_chart(study, reports / REPORT_PNG)
+    summary = strip_per_image(study)
+    summary["test"] = {k: v for k, v in study["test"].items() if k != "ids"}
+    summary["files"] = {
+        "results": "downstream/results.json",
+        "report": f"reports/{REPORT_MD}",
+        "figure": f"reports/{REPORT_PNG}" if (reports / REPORT_PNG).is_file() else None,
+    }
+    update_manifest(
+        run_dir,
+        recipe=recipe.model_dump(mode="json"),
+        recipe_sha256=recipe.content_hash(),
+        environment=environment_info(),
+        downstream=summary,
+    )
+    return {
+        "caps": [entry["cap"] for entry in study["caps"].values()],
+        "tasks": study["tasks"],
+        "skipped_tasks": skipped_tasks,
+        "report": f"reports/{REPORT_MD}",
+    }

@@ -1,0 +1,110 @@
+"""Stage `prepare`: source dataset -> `<run>/real/{train,validation,test}.parquet`.
+
+1. Resolve the source: the phantom is written under `<run>/source/` (deterministic from its seed); CAMUS
+   is read where the recipe or $SYNTHECHO_CAMUS_ROOT points.
+2. Read every labelled ED/ES frame with the CAMUS reader (both releases; patient-level splits).
+3. Resize to the recipe resolution: images with area averaging, masks and sectors nearest-neighbour;
+   the pixel spacing after resizing is recorded (frames become square, spacing anisotropic).
+4. Derive the sector (fan) from the native image, the shape words from the resized mask, and the
+   image-level prompt from the attributes (`synthecho.real.record_row`).
+5. Write one Parquet file per split (atomic) and the manifest's `dataset`/`source` sections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from synthecho.errors import SynthechoError
+from synthecho.layout import RunLayout
+from synthecho.markers import current_info, write_marker
+from synthecho.real import SPLITS, check_patient_splits, real_content_hash, record_row, write_split
+
+
+def missing_inputs(recipe) -> list[str]:
+    """The CAMUS root, when the source is CAMUS (the phantom is simulated here)."""
+    if recipe.source.kind != "camus":
+        return []
+    try:
+        recipe.source.resolve_root()
+    except SynthechoError as error:
+        return [str(error)]
+    return []
+
+
+def resolve_source(recipe, run_dir: Path) -> tuple[Path, str]:
+    """The dataset root to read and the name that prefixes record ids ("phantom" or "camus")."""
+    source = recipe.source
+    if source.kind == "camus":
+        return source.resolve_root(), "camus"
+    from synthecho.sources.phantom import write_phantom
+
+    spec = source.phantom
+    name = f"phantom-{spec.layout}-n{spec.patients}-s{spec.seed}"
+    folder = RunLayout.of(run_dir).source / name
+    marker = folder / ".complete.json"
+    settings = spec.model_dump_json()  # the folder name lacks the frame size: the marker holds it all
+    if (done := current_info(marker, settings)) is not None:
+        return Path(done["root"]), "phantom"
+    root = write_phantom(
+        folder, patients=spec.patients, seed=spec.seed, layout=spec.layout, size=tuple(spec.size)
+    )
+    write_marker(marker, "source", name, {"root": str(root)}, input_hash=settings)  # after the tree
+    return root, "phantom"
+
+
+def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
+    from synthecho.manifest import dataset_section, environment_info, update_manifest
+    from synthecho.sources.camus import detect_release, file_list_hash, read_camus
+
+    run_dir = Path(run_dir)
+    layout = RunLayout.of(run_dir)
+
+    # 1-2. Source and records.
+    root, name = resolve_source(recipe, run_dir)
+    release = detect_release(root) if recipe.source.release == "auto" else recipe.source.release
+    # A 2019-layout phantom is small: carve 15% of its training patients for validation and for test
+    # (the CAMUS convention of 50 patients is for the real 450-patient training folder).
+    validation_2019 = recipe.source.validation_patients_2019 if name == "camus" else 0.15
+    records = read_camus(root, release=release, name=name, validation_patients_2019=validation_2019)
+    if not records:
+        raise SynthechoError(f"no labelled records found under {root}")
+
+    # 3-4. Resize, sector, shapes, prompts.
+    resolution = recipe.prepare.resolution
+    rows = [
+        record_row(r, resolution) for r in tqdm(records, desc="prepare", disable=not progress, unit="frame")
+    ]
+    patients = check_patient_splits(rows)
+
+    # 5. One file per split.
+    counts, content = {}, {}
+    for split in SPLITS:
+        split_rows = [row for row in rows if row["split"] == split]
+        counts[split] = len(split_rows)
+        content[split] = real_content_hash(split_rows)
+        write_split(split_rows, layout.real_split(split))
+
+    note = ""
+    if release == "2019":
+        note = "CAMUS 2019 release: its testing folder has no labels, so validation and test were carved from training patients."
+    update_manifest(
+        run_dir,
+        dataset=dataset_section(recipe),
+        recipe=recipe.model_dump(mode="json"),
+        recipe_sha256=recipe.content_hash(),
+        environment=environment_info(),
+        source={
+            "kind": recipe.source.kind,
+            "name": name,
+            "release": release,
+            "file_list_sha256": file_list_hash(root),
+            "records": counts,
+            "patients": patients,
+            "resolution": resolution,
+            "real_content_sha256": content,
+            "note": note,
+        },
+    )
+    return {"records": counts, "patients": patients, "release": release, "resolution": resolution}

@@ -1,0 +1,147 @@
+"""Stage `train`: the generator and the segmenter, each trained once on the real train split.
+
+1. Generator (`generator.kind`): trained into `<run>/generator/`; the generator module resumes from its
+   own checkpoints when a previous run was interrupted.
+2. Segmenter: a MONAI U-Net on real train, selected on real validation Dice, into `<run>/segmenter/`.
+3. Manifest sections `generator` and `segmenter` (weights sha256, config, timings, validation Dice);
+   the loss curve and sample grid are copied to `<run>/reports/`.
+
+Each half writes its completion marker (`<folder>/.complete.json`) with its input hash when it has
+finished, so an interruption during the segmenter does not retrain the generator.
+
+Outside inputs: a pretrained base (`generator.base_model`) and a text encoder folder
+(`generator.text_encoder`) when the recipe names them. synthecho never downloads weights mid-build: a Hub
+id must already be in the Hugging Face cache (`hf download <id>`), so a run never depends on the network
+or fails hours in on a gated or renamed repository.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from synthecho.io import sha256_file, sha256_json, sha256_model_folder
+from synthecho.layout import RunLayout
+from synthecho.markers import current_info, remove_marker, write_marker
+from synthecho.stages import stage_input_hash
+
+PIPELINE_INDEX = "model_index.json"  # what a diffusers pipeline folder or Hub repo holds at its root
+
+
+def missing_inputs(recipe) -> list[str]:
+    """The pretrained base and text encoder the recipe names, when this machine lacks them."""
+    generator = recipe.generator
+    base_model = getattr(generator, "base_model", None)
+    problems = []
+    if base_model:
+        problems += _pretrained_pipeline_problems(base_model, "generator.base_model")
+    text_encoder = getattr(generator, "text_encoder", None)
+    if text_encoder and not base_model and not Path(text_encoder).expanduser().is_dir():
+        problems.append(
+            f"generator.text_encoder {text_encoder!r} is not a folder: give a transformers text encoder "
+            f"folder, or null for the bundled MiniLM."
+        )
+    return problems
+
+
+def _pretrained_pipeline_problems(base_model: str, key: str) -> list[str]:
+    path = Path(base_model).expanduser()
+    if path.exists():
+        if not (path / PIPELINE_INDEX).is_file():
+            return [f"{key} {base_model!r} has no {PIPELINE_INDEX}: it must be a diffusers pipeline folder."]
+        return []
+    if _looks_like_path(base_model):
+        return [f"{key} {base_model!r} does not exist: point it at a diffusers pipeline folder or a Hub id."]
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    if isinstance(try_to_load_from_cache(base_model, PIPELINE_INDEX), str):
+        return []
+    return [
+        f"{key} {base_model!r} is not in the Hugging Face cache ({HF_HUB_CACHE}): download it first "
+        f"(`hf download {base_model}`), or set {key} to a local copy of the pipeline folder."
+    ]
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is `name` or `owner/name`; anything else (absolute, ./, ~, deeper) is meant as a path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _train_once(recipe, run_dir: Path, part: str, train_fn) -> dict:
+    """Run `train_fn(folder)` unless the folder's marker records the same inputs; return its info."""
+    layout = RunLayout.of(run_dir)
+    input_hash = sha256_json([stage_input_hash(recipe, run_dir, "train"), part])
+    marker = layout.model_marker(part)
+    if (done := current_info(marker, input_hash)) is not None:
+        return done
+    info = {
+        key: value for key, value in train_fn(layout.root / part).items() if key not in ("losses", "history")
+    }
+    write_marker(marker, "model", part, info, input_hash=input_hash)  # curves are in the PNGs
+    return info
+
+
+def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
+    from synthecho.generators import get_generator
+    from synthecho.manifest import environment_info, update_manifest
+    from synthecho.real import load_real
+    from synthecho.segmenter import train_segmenter
+
+    run_dir = Path(run_dir)
+    layout = RunLayout.of(run_dir)
+    if force:
+        for part in ("generator", "segmenter"):
+            remove_marker(layout.model_marker(part))
+    real_train, real_validation = load_real(run_dir, "train"), load_real(run_dir, "validation")
+
+    generator = get_generator(recipe.generator.kind)
+    generator_info = _train_once(
+        recipe,
+        run_dir,
+        "generator",
+        lambda out: generator.train(
+            recipe, real_train, out, real_validation=real_validation, progress=progress
+        ),
+    )
+    segmenter_info = _train_once(
+        recipe,
+        run_dir,
+        "segmenter",
+        lambda out: train_segmenter(
+            recipe.segmenter, real_train, real_validation, out, seed=recipe.seed, progress=progress
+        ),
+    )
+
+    layout.reports.mkdir(parents=True, exist_ok=True)
+    for name in ("loss_curve.png", "sample_grid.png"):
+        if (layout.generator / name).is_file():
+            shutil.copyfile(layout.generator / name, layout.reports / f"generator_{name}")
+    if (layout.segmenter / "training_curve.png").is_file():
+        shutil.copyfile(
+            layout.segmenter / "training_curve.png", layout.reports / "segmenter_training_curve.png"
+        )
+
+    generator_sha = sha256_model_folder(layout.generator)
+    config = recipe.generator.model_dump(mode="json")
+    update_manifest(
+        run_dir,
+        recipe=recipe.model_dump(mode="json"),
+        recipe_sha256=recipe.content_hash(),
+        environment=environment_info(),
+        generator={
+            "kind": recipe.generator.kind,
+            "variant": config.get("variant"),
+            "sha256": generator_sha,
+            "config": config,
+            "train": {**recipe.train.model_dump(mode="json"), **generator_info},
+            "base_model": config.get("base_model"),
+            "base_license": config.get("base_license"),
+        },
+        segmenter={
+            "sha256": sha256_file(layout.segmenter / "model.safetensors"),
+            "config": recipe.segmenter.model_dump(mode="json"),
+            **segmenter_info,
+        },
+    )
+    return {"generator_sha256": generator_sha, "generator": generator_info, "segmenter": segmenter_info}
