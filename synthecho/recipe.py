@@ -20,7 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from synthecho.errors import SynthechoError
 from synthecho.io import sha256_json
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def shipped_recipes_dir() -> Path:
+    """The recipes that ship inside the package (`recipes/` at the repository root links to them)."""
+    from importlib.resources import files
+
+    return Path(str(files("synthecho") / "recipes"))
+
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 
 
@@ -130,11 +137,7 @@ class SdConfig(Section):
     vae_kl_weight: float = 1e-6  # from config: small KL keeps latents near N(0, 1) without blurring
     unet_channels: list[int] = [32, 64, 64]  # from config: UNet2DConditionModel widths per level
     layers_per_block: int = 1  # from config: residual blocks per level
-    attention: list[bool] = [
-        False,
-        False,
-        True,
-    ]  # from config: cross-attention only at the lowest level (CPU)
+    attention: list[bool] = [False, False, True]  # from config: cross-attention at the lowest level only
     attention_heads: int = 2  # from config: number of heads (diffusers calls it attention_head_dim)
     cross_attention_dim: int = 384  # from config: the text encoder's hidden size (MiniLM 384)
     prompt_dropout: float = Field(0.1, ge=0, le=1)  # prompts -> "" this often: classifier-free guidance
@@ -346,7 +349,7 @@ class Recipe(Section):
 
 
 def available_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in shipped_recipes_dir().glob("*.yaml"))
 
 
 def find_recipe_file(name_or_path: str | os.PathLike) -> Path:
@@ -356,7 +359,7 @@ def find_recipe_file(name_or_path: str | os.PathLike) -> Path:
         if not candidate.is_file():
             raise SynthechoError(f"recipe file {candidate} does not exist.")
         return candidate
-    for folder in (Path.cwd() / "recipes", RECIPES_DIR):
+    for folder in (Path.cwd() / "recipes", shipped_recipes_dir()):
         path = folder / f"{name_or_path}.yaml"
         if path.is_file():
             return path
