@@ -18,8 +18,8 @@ from generator_fixtures import PROMPTS, RES, fake_real
 
 from synthecho import labels as lab
 from synthecho.errors import SynthechoError
-from synthecho.generators import controlnet, ddpm, get_generator, sd
-from synthecho.generators.sdm import condition_maps
+from synthecho.generators import controlnet, ddpm, get_generator, latent, sd
+from synthecho.generators.base import condition_maps
 from synthecho.real import RealSplit
 from synthecho.recipe import recipe_from_dict
 
@@ -259,4 +259,4 @@ def test_unet_level_checks_name_the_keys():
         ddpm.unet_config(ddpm_config, RES)
     sd_config = recipe({"kind": "sd", "unet_channels": [8, 16, 16], "attention": [False] * 3}).generator
     with pytest.raises(SynthechoError, match="latent size 6 is not divisible by 4 .*generator.vae_channels"):
-        sd.build_unet(sd_config, 6, 4)
+        latent.build_unet(sd_config, 6, 4)

@@ -19,6 +19,7 @@ from PIL import Image
 from synthecho import labels as lab
 from synthecho.errors import SynthechoError
 from synthecho.generators import get_generator, sdm
+from synthecho.generators.base import DESCRIPTOR_FILE, condition_maps
 from synthecho.grids import colorize_condition, colorize_mask, save_grid, save_loss_curve
 from synthecho.io import read_json
 from synthecho.recipe import recipe_from_dict
@@ -72,7 +73,7 @@ def test_train_writes_a_self_describing_folder(trained):
     variant, out_dir, info, _ = trained
     assert info["steps"] == 2 and info["start_step"] == 0 and len(info["losses"]) == 2
     assert np.isfinite(info["final_loss"]) and info["seconds_per_step"] > 0
-    descriptor = read_json(out_dir / sdm.CONFIG_FILE)
+    descriptor = read_json(out_dir / DESCRIPTOR_FILE)
     assert descriptor["kind"] == "sdm" and descriptor["variant"] == variant
     assert descriptor["resolution"] == RES and descriptor["mask_source"] == "conditioning"
     assert descriptor["config"]["channels"] == [8, 16]
@@ -101,7 +102,7 @@ def test_saved_model_holds_the_ema_weights(trained):
 
 def test_reload_and_sample_is_deterministic_and_zero_outside_the_sector(trained):
     variant, out_dir, _, real = trained
-    maps = sdm.condition_maps(real.subset([0, 1]))
+    maps = condition_maps(real.subset([0, 1]))
     first = get_generator("sdm").load(out_dir).sample(maps, ["", ""], [3, 4], steps=2)
     second = sdm.load(out_dir).sample(maps, ["", ""], [3, 4], steps=2)
     assert first.images.dtype == np.uint8 and first.images.shape == (2, RES, RES) and first.masks is None
@@ -116,7 +117,7 @@ def test_reload_and_sample_is_deterministic_and_zero_outside_the_sector(trained)
 def test_a_row_depends_only_on_its_seed(concat_model, sampler_name):
     _, out_dir, _, real = concat_model
     sampler = sdm.load(out_dir)
-    maps = sdm.condition_maps(real.subset([0, 1, 2]))
+    maps = condition_maps(real.subset([0, 1, 2]))
     batched = sampler.sample(maps, [""] * 3, [5, 6, 7], sampler=sampler_name, steps=2).images
     alone = sampler.sample(maps[1:2], [""], [6], sampler=sampler_name, steps=2).images
     # Batched float kernels may differ in the last bit; after rounding to uint8 at most by one level.
@@ -126,7 +127,7 @@ def test_a_row_depends_only_on_its_seed(concat_model, sampler_name):
 def test_guidance_and_every_sampler_run(trained):
     variant, out_dir, _, real = trained
     sampler = sdm.load(out_dir)
-    maps = sdm.condition_maps(real.subset([0]))
+    maps = condition_maps(real.subset([0]))
     plain = sampler.sample(maps, [""], [1], steps=2).images
     guided = sampler.sample(maps, [""], [1], steps=2, guidance_scale=3.0).images
     assert guided.shape == plain.shape and (guided[maps == 0] == 0).all()
@@ -147,9 +148,11 @@ def test_bad_inputs_are_reported(trained, tmp_path):
     with pytest.raises(SynthechoError, match="0..4"):
         sampler.sample(np.full((1, RES, RES), 7, np.uint8), [""], [1], steps=2)
     with pytest.raises(SynthechoError, match="sampler"):
-        sampler.sample(sdm.condition_maps(real.subset([0])), [""], [1], sampler="euler", steps=2)
-    with pytest.raises(SynthechoError, match="not a trained generator"):
+        sampler.sample(condition_maps(real.subset([0])), [""], [1], sampler="euler", steps=2)
+    with pytest.raises(SynthechoError, match="not a trained generator.*synthecho train"):
         sdm.load(tmp_path)
+    with pytest.raises(SynthechoError, match="describes a 'sdm' generator, not 'ddpm'"):
+        get_generator("ddpm").load(out_dir)
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
@@ -195,12 +198,12 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert process.returncode == -signal.SIGKILL
     saved = list_checkpoints(out_dir / "checkpoints")[-1][0]
     assert 0 < saved < steps
-    assert not (out_dir / sdm.CONFIG_FILE).exists()  # killed before the model was saved
+    assert not (out_dir / DESCRIPTOR_FILE).exists()  # killed before the model was saved
 
     info = sdm.train(tiny_recipe(steps=steps), fake_real(), out_dir, progress=False)
     assert info["start_step"] >= saved > 0
     assert info["steps"] == steps and len(info["losses"]) == steps
-    assert (out_dir / sdm.CONFIG_FILE).is_file()
+    assert (out_dir / DESCRIPTOR_FILE).is_file()
     assert list_checkpoints(out_dir / "checkpoints")[-1][0] == steps
 
 
@@ -219,7 +222,7 @@ def test_frames_follow_their_masks_after_a_short_training(tmp_path):
     recipe = recipe.model_copy(update={"generator": generator})
     sdm.train(recipe, flat(16, 0), tmp_path, progress=False)
     held_out = flat(4, 5)
-    maps = sdm.condition_maps(held_out)
+    maps = condition_maps(held_out)
     frames = sdm.load(tmp_path).sample(maps, [""] * 4, [0, 1, 2, 3], steps=10).images.astype(float)
     assert np.abs(frames - held_out.images).mean() < 15
     assert frames[maps == 2].mean() < 50 < 180 < frames[maps == 3].mean()  # dark LV, bright myocardium

@@ -6,6 +6,10 @@ A generator module exposes
         saves a self-describing folder (config + safetensors) into `out_dir`, returns what it measured;
     load(generator_dir: Path, device="cpu", dtype=None) -> Sampler
 and `get_generator(kind)` finds the module for a recipe's `generator.kind`.
+
+The four generator modules (sdm, ddpm, sd, controlnet) are siblings: what they share is in `base`
+(the Sampler protocol, descriptor, folder swap, seeds, pixel-space UNet helpers); `latent` holds the
+latent-diffusion machinery of sd and controlnet, `text` their bundled MiniLM text encoder.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
   ControlNet trains, initialised from the base UNet's encoder (`ControlNetModel.from_unet`), as DiffEcho
   trained its SD 1.5 ControlNet.
 - **From config** (`base_model: null`): three phases, in order: the small VAE (`vae_steps`), the base UNet
-  as a text-to-image model (`base_steps`, exactly the `sd` generator), then the ControlNet with that base
-  frozen (`train.steps`). Sequential rather than joint because (1) ControlNet's zero-initialised
+  as a text-to-image model (`base_steps`, trained as the `sd` generator trains its UNet), then the
+  ControlNet with that base frozen (`train.steps`); `synthecho.generators.latent` holds the machinery the
+  phases share with `sd`. Sequential rather than joint because (1) ControlNet's zero-initialised
   residuals are designed to steer a denoiser that already works: trained jointly, the base would learn to
   lean on the label map and the pipeline's text-only branch would be meaningless; (2) `from_unet` then
   copies a trained encoder, so the ControlNet starts from useful features instead of noise; (3) each
@@ -15,8 +16,14 @@ The conditioning embedding downsamples the one-hot map by 2^(len(conditioning_em
 which must equal the VAE's factor so the control features line up with the latents (SD: factor 8,
 (16, 32, 96, 256); the default from-config VAE (32, 64): factor 2, (16, 32)).
 
-Saved folder: a complete `StableDiffusionControlNetPipeline` (controlnet/ beside vae/, text_encoder/,
-tokenizer/, unet/, scheduler/; safetensors) + synthecho_generator.json, loss_curve.png, sample_grid.png.
+Saved folder (`out_dir`):
+    model_index.json, controlnet/, vae/, text_encoder/, tokenizer/, unet/, scheduler/
+                                    a complete StableDiffusionControlNetPipeline (safetensors; the
+                                    scheduler is the training noise schedule)
+    synthecho_generator.json        the `sd` descriptor keys with "kind": "controlnet", plus
+                                    "conditioning_embedding_out_channels"; written last
+    loss_curve.png, sample_grid.png what training looked like (one curve per phase)
+    checkpoints/controlnet/ (+ vae/, unet/ from config)  resume state (not part of the published model)
 Sampling passes the one-hot map (B, 5, H, W) in [0, 1] as the control image (the pipeline's image
 processor leaves a tensor's channels alone); frames are 0 outside the conditioning sector, like real ones.
 """
@@ -31,9 +38,14 @@ import torch
 
 from synthecho import labels as lab
 from synthecho.errors import SynthechoError
-from synthecho.generators import sd
-from synthecho.generators.base import SampleBatch, check_label_maps, dtype_keyword
-from synthecho.generators.sdm import _check_real, _resolve_dtype, condition_maps
+from synthecho.generators import latent
+from synthecho.generators.base import (
+    SampleBatch,
+    check_label_maps,
+    check_real_split,
+    condition_maps,
+    grid_reference,
+)
 
 KIND = "controlnet"
 SD_CONDITIONING_CHANNELS = (16, 32, 96, 256)  # the ControlNet paper's embedding for SD's factor-8 VAE
@@ -73,22 +85,12 @@ def build_controlnet(config, unet, factor: int):
 
 def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> ControlNetSampler:
     """Load a saved `controlnet` folder (a StableDiffusionControlNetPipeline) as a Sampler."""
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
-
-    generator_dir = Path(generator_dir)
-    described = sd.read_descriptor(generator_dir, KIND)
-    torch_dtype = _resolve_dtype(dtype)
-    controlnet = ControlNetModel.from_pretrained(generator_dir / "controlnet", **dtype_keyword(torch_dtype))
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(
-        generator_dir, controlnet=controlnet, local_files_only=True, **dtype_keyword(torch_dtype)
-    )
+    pipe, described, torch_dtype = latent.load_pipeline(generator_dir, KIND, dtype, controlnet=True)
     scale = float(described["config"].get("conditioning_scale", 1.0))
-    return ControlNetSampler(
-        pipe, int(described["resolution"]), sd.resolve_device(device), torch_dtype, scale
-    )
+    return ControlNetSampler(pipe, int(described["resolution"]), device, torch_dtype, scale)
 
 
-class ControlNetSampler(sd.LatentSampler):
+class ControlNetSampler(latent.LatentSampler):
     """Sampler protocol: label maps + prompts in, frames out; the conditioning maps are the masks."""
 
     kind = KIND
@@ -114,11 +116,11 @@ class ControlNetSampler(sd.LatentSampler):
         count = len(labels)
         if count == 0:
             return SampleBatch(np.zeros((0, self.resolution, self.resolution), np.uint8), None)
-        arguments = self._arguments(prompts, seeds, sampler, steps, guidance_scale)
+        arguments = self.arguments(prompts, seeds, sampler, steps, guidance_scale)
         control = torch.from_numpy(lab.one_hot(labels, lab.NUM_CONDITION_CLASSES))
         arguments["image"] = control.to(self.device, self.dtype)
         arguments["controlnet_conditioning_scale"] = self.conditioning_scale
-        frames = self._gray(self.pipe(**arguments).images)
+        frames = self.gray(self.pipe(**arguments).images)
         frames[labels == lab.OUTSIDE_SECTOR] = 0
         return SampleBatch(images=frames, masks=None)
 
@@ -138,19 +140,17 @@ def _sample_grid(sampler: ControlNetSampler, reference, picks, path: Path, steps
 
 def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, progress: bool = True) -> dict:
     """Train the ControlNet (and, from config, its VAE and base UNet first); save, curves and grid."""
-    from diffusers import DDPMScheduler, StableDiffusionControlNetPipeline
-
     config = recipe.generator
     if config.kind != KIND:
         raise SynthechoError(f"controlnet.train was given a {config.kind!r} generator config")
     out_dir = Path(out_dir)
-    resolution = _check_real(real_train, "train")
+    resolution = check_real_split(real_train, "train")
 
     # 1. Base: pretrained and frozen, or from config (VAE, then text-to-image UNet trained for base_steps).
-    parts, parts_info = sd.components(recipe, real_train, out_dir, progress)
+    parts, parts_info = latent.components(recipe, real_train, out_dir, progress)
     base_losses = []
     if not config.base_model:
-        base = sd.train_denoiser(
+        base = latent.train_denoiser(
             recipe,
             parts,
             real_train,
@@ -164,10 +164,10 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         parts_info["base_unet"] = base
 
     # 2. ControlNet from the (now frozen) base UNet, trained on (frame, prompt, label map) triplets.
-    factor = sd.vae_factor(parts["vae"])
+    factor = latent.vae_factor(parts["vae"])
     torch.manual_seed(recipe.seed + 2)
     controlnet = build_controlnet(config, parts["unet"], factor)
-    info = sd.train_denoiser(
+    info = latent.train_denoiser(
         recipe,
         parts,
         real_train,
@@ -179,27 +179,16 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     )
 
     # 3. Save as a StableDiffusionControlNetPipeline; the grid comes from the saved folder.
-    pipe = StableDiffusionControlNetPipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        unet=parts["unet"],
-        controlnet=controlnet,
-        scheduler=DDPMScheduler.from_config(parts["scheduler_config"]),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    described = sd.descriptor(KIND, config, resolution, "conditioning", parts)
+    described = latent.pipeline_descriptor(KIND, config, resolution, "conditioning", parts)
     described["conditioning_embedding_out_channels"] = list(
         controlnet.config.conditioning_embedding_out_channels
     )
-    sd.save_pipeline(pipe, out_dir, described)
+    latent.save_pipeline(parts, out_dir, described, controlnet=controlnet)
     curves = {"controlnet": info["losses"]}
     if base_losses:
         curves = {"base UNet (text-to-image)": base_losses, **curves}
     _save_curves(curves, out_dir / "loss_curve.png")
-    reference, picks = sd.grid_reference(real_train, real_validation)
+    reference, picks = grid_reference(real_train, real_validation)
     _sample_grid(
         load(out_dir, device=info["device"]),
         reference,

@@ -10,13 +10,16 @@ Sampling takes the rows' view and phase from `attributes` ([{"view": "2CH", "pha
 when they are not given, from the image-level prompts ("Two-chamber view ... diastole ..."). There is no
 unconditional branch, so guidance_scale must be 1.
 
-Saved folder: synthecho_generator.json, unet/ (diffusers save_pretrained, safetensors),
-scheduler/scheduler_config.json, loss_curve.png, sample_grid.png, checkpoints/ (resume state).
+Saved folder (`out_dir`; written by `base.save_pixel_generator`, descriptor last):
+    synthecho_generator.json        {"kind": "ddpm", "resolution", "config", "mask_source"}
+    unet/                           diffusers save_pretrained (safetensors), the EMA weights
+    scheduler/scheduler_config.json the training DDPMScheduler, the same pixel-space schedule as sdm's
+    loss_curve.png, sample_grid.png what training looked like
+    checkpoints/                    resume state (not part of the published model)
 """
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +31,29 @@ from synthecho.errors import SynthechoError
 from synthecho.generators.base import (
     PIXEL_UNET_NAMES,
     SampleBatch,
+    check_real_split,
     check_sampling,
     check_unet_levels,
+    checkpoint_fingerprint,
     dtype_keyword,
-    make_scheduler,
+    grid_reference,
+    head_channels,
+    loss_target,
+    norm_groups,
+    pixel_frames,
+    pixel_sampling,
+    pixel_scheduler_config,
+    read_descriptor,
     resolve_device,
-    row_noise,
+    resolve_dtype,
+    save_pixel_generator,
+    signed_frames,
 )
-from synthecho.generators.sdm import (
-    CONFIG_FILE,
-    _check_real,
-    _fingerprint,
-    _head_channels,
-    _norm_groups,
-    _resolve_dtype,
-    _step_noise_seed,
-    training_scheduler_config,  # the same pixel-space schedule and sampling settings as sdm
-)
-from synthecho.io import read_json, write_json_atomic
+from synthecho.io import read_json
 
 KIND = "ddpm"
 MASK_CLASSES = 4  # CAMUS labels 0..3 (background, LV, MYO, LA)
 VIEWS, PHASES = ("2CH", "4CH"), ("ED", "ES")
-GRID_ROWS = 8
 
 
 def class_index(view: str, phase: str) -> int:
@@ -88,8 +91,8 @@ def unet_config(config, resolution: int) -> dict[str, Any]:
         "layers_per_block": config.layers_per_block,
         "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention],
         "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention)],
-        "attention_head_dim": _head_channels(config),
-        "norm_num_groups": _norm_groups(channels),
+        "attention_head_dim": head_channels(config),
+        "norm_num_groups": norm_groups(channels),
         # class_embed_type None + num_class_embeds: a learned embedding added to the time embedding
         "num_class_embeds": len(VIEWS) * len(PHASES) if config.class_conditional else None,
     }
@@ -97,7 +100,7 @@ def unet_config(config, resolution: int) -> dict[str, Any]:
 
 def _targets(images: np.ndarray, masks: np.ndarray | None) -> torch.Tensor:
     """uint8 frames (+ 0..3 masks) -> (B, C, H, W) float in [-1, 1]: frame, then one-hot mask channels."""
-    x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None]
+    x = signed_frames(images)
     if masks is None:
         return x
     one_hot = torch.from_numpy(lab.one_hot(masks.astype(np.int64), MASK_CLASSES)) * 2 - 1
@@ -108,25 +111,15 @@ def _targets(images: np.ndarray, masks: np.ndarray | None) -> torch.Tensor:
 
 
 def save(unet, out_dir: Path, config, resolution: int) -> None:
-    """unet/ (safetensors) and the training schedule, then the descriptor (written last: marks completion)."""
-    import os
-    import shutil
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".unet.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    unet.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(out_dir / "unet", ignore_errors=True)
-    os.replace(tmp, out_dir / "unet")
-    write_json_atomic(out_dir / "scheduler" / "scheduler_config.json", training_scheduler_config(config))
-    write_json_atomic(
-        out_dir / CONFIG_FILE,
-        {
-            "kind": KIND,
-            "resolution": resolution,
-            "config": config.model_dump(mode="json"),
-            "mask_source": "generated" if config.joint_masks else "segmenter",
-        },
+    """unet/ (safetensors), the training schedule and the descriptor."""
+    descriptor = {
+        "kind": KIND,
+        "resolution": resolution,
+        "config": config.model_dump(mode="json"),
+        "mask_source": "generated" if config.joint_masks else "segmenter",
+    }
+    save_pixel_generator(
+        out_dir, lambda folder: unet.save_pretrained(folder, safe_serialization=True), config, descriptor
     )
 
 
@@ -137,22 +130,12 @@ def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> DdpmSamp
     from synthecho.recipe import DdpmConfig
 
     generator_dir = Path(generator_dir)
-    descriptor = _read_descriptor(generator_dir)
+    descriptor = read_descriptor(generator_dir, KIND)
     config = DdpmConfig.model_validate(descriptor["config"])
-    device, torch_dtype = resolve_device(device), _resolve_dtype(dtype)
+    device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     unet = UNet2DModel.from_pretrained(generator_dir / "unet", **dtype_keyword(torch_dtype)).to(device).eval()
     scheduler_config = read_json(generator_dir / "scheduler" / "scheduler_config.json")
     return DdpmSampler(unet, scheduler_config, int(descriptor["resolution"]), config, device, torch_dtype)
-
-
-def _read_descriptor(generator_dir: Path) -> dict:
-    path = generator_dir / CONFIG_FILE
-    if not path.is_file():
-        raise SynthechoError(f"{path} is missing: {generator_dir} is not a trained generator folder.")
-    descriptor = read_json(path)
-    if descriptor.get("kind") != KIND:
-        raise SynthechoError(f"{path} describes a {descriptor.get('kind')!r} generator, not {KIND!r}.")
-    return descriptor
 
 
 # --- sampling ----------------------------------------------------------------------------------------
@@ -210,21 +193,16 @@ class DdpmSampler:
             empty = np.zeros((0, size, size), np.uint8)
             return SampleBatch(empty, empty.copy() if self.config.joint_masks else None)
         classes = self._classes(prompts, attributes, count)
-        scheduler = make_scheduler(sampler, self.scheduler_config)
-        scheduler.set_timesteps(steps, device=self.device)
-        x = row_noise(seeds, (self.unet.config.in_channels, size, size), device=self.device)
-        x = x * scheduler.init_noise_sigma
-        step_kwargs = {}
-        if "generator" in inspect.signature(scheduler.step).parameters:  # stochastic samplers: per-row noise
-            step_kwargs["generator"] = [
-                torch.Generator("cpu").manual_seed(_step_noise_seed(s)) for s in seeds
-            ]
+        shape = (self.unet.config.in_channels, size, size)
+        scheduler, x, step_kwargs = pixel_sampling(
+            sampler, steps, self.scheduler_config, seeds, shape, self.device
+        )
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(x, t).to(self.dtype)
             timesteps = torch.full((count,), int(t), device=self.device, dtype=torch.long)
             prediction = self.unet(model_in, timesteps, class_labels=classes).sample.float()
             x = scheduler.step(prediction, t, x, **step_kwargs).prev_sample
-        frames = ((x[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        frames = pixel_frames(x)
         masks = x[:, 1:].argmax(dim=1).to(torch.uint8).cpu().numpy() if self.config.joint_masks else None
         return SampleBatch(images=frames, masks=masks)
 
@@ -232,11 +210,10 @@ class DdpmSampler:
 # --- training ----------------------------------------------------------------------------------------
 
 
-def _sample_grid(sampler: DdpmSampler, reference, path: Path, steps: int) -> None:
+def _sample_grid(sampler: DdpmSampler, reference, picks, path: Path, steps: int) -> None:
     from synthecho.grids import colorize_mask, save_grid
 
-    count = min(GRID_ROWS, len(reference))
-    picks = np.linspace(0, len(reference) - 1, count).round().astype(int)
+    count = len(picks)
     attributes = [
         {"view": reference.records[i]["view"], "phase": reference.records[i]["phase"]} for i in picks
     ]
@@ -265,7 +242,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     if config.kind != KIND:
         raise SynthechoError(f"ddpm.train was given a {config.kind!r} generator config")
     out_dir = Path(out_dir)
-    resolution = _check_real(real_train, "train")
+    resolution = check_real_split(real_train, "train")
 
     # 1. Data: frames, masks, class indices (no flips: apical views have a fixed left/right anatomy).
     frames, masks = real_train.images, real_train.masks if config.joint_masks else None
@@ -280,7 +257,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     # 2. Model (seeded init) and the epsilon loss over all channels.
     torch.manual_seed(recipe.seed)
     unet = UNet2DModel(**unet_config(config, resolution))
-    noise_schedule = DDPMScheduler.from_config(training_scheduler_config(config))
+    noise_schedule = DDPMScheduler.from_config(pixel_scheduler_config(config))
     total = noise_schedule.config.num_train_timesteps
 
     def loss_fn(model, batch) -> torch.Tensor:
@@ -289,10 +266,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         t = torch.randint(0, total, (x.shape[0],), device=x.device, dtype=torch.long)
         class_labels = batch["classes"] if config.class_conditional else None
         prediction = model(noise_schedule.add_noise(x, noise, t), t, class_labels=class_labels).sample
-        target = (
-            noise_schedule.get_velocity(x, noise, t) if config.prediction_type == "v_prediction" else noise
-        )
-        return F.mse_loss(prediction.float(), target)
+        return F.mse_loss(prediction.float(), loss_target(noise_schedule, x, noise, t))
 
     # 3. Shared loop (the model comes back holding its EMA weights).
     info = train_loop(
@@ -302,7 +276,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         steps=train_config.steps,
         checkpoint_dir=out_dir / "checkpoints",
         learning_rate=train_config.learning_rate,
-        fingerprint=_fingerprint(recipe, resolution, real_train),
+        fingerprint=checkpoint_fingerprint(recipe, resolution, real_train),
         description="train ddpm",
         **recipe_loop_settings(recipe, progress),
     )
@@ -310,10 +284,11 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     # 4. Save, then draw the grid from the saved folder (proves it loads).
     save(unet.to("cpu"), out_dir, config, resolution)
     save_loss_curve(info["losses"], out_dir / "loss_curve.png", title="ddpm training loss")
-    reference = real_validation if real_validation is not None and len(real_validation) else real_train
+    reference, picks = grid_reference(real_train, real_validation)
     _sample_grid(
         load(out_dir, device=info["device"]),
         reference,
+        picks,
         out_dir / "sample_grid.png",
         train_config.grid_sampler_steps,
     )

@@ -1,476 +1,43 @@
 """`sd`: text-guided latent diffusion on the image-level prompt; saved as a diffusers StableDiffusionPipeline.
 
-Two ways to get the weights (`generator.base_model`):
-- **Fine-tune** (a local SD folder or Hub id, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5): the
-  base VAE, text encoder and tokenizer are frozen, its UNet is trained on the real train split (as
-  DiffEcho fine-tuned SD with diffusers' train_text_to_image.py). With HF_HUB_OFFLINE set the base must be
-  a local folder or already in the Hub cache.
-- **From config** (`base_model: null`, offline): a small `AutoencoderKL` is trained first on the real
-  frames for `vae_steps` (L1 + MSE reconstruction + a small KL) and frozen, its latent scaling factor
-  measured (1 / std of the train latents, as SD's 0.18215 was); then a small `UNet2DConditionModel`
-  with cross-attention on the pretrained MiniLM text encoder (synthecho.generators.text).
+The components come from `generator.base_model` (synthecho.generators.latent):
+- **Fine-tune** (a local SD folder or Hub id): the base VAE, text encoder and tokenizer are frozen, its UNet
+  is trained on the real train split (as DiffEcho fine-tuned SD with diffusers' train_text_to_image.py);
+- **From config** (`base_model: null`, offline): a small VAE trained first, then a small UNet with
+  cross-attention on the bundled MiniLM text encoder.
+Prompt dropout (`prompt_dropout`) trains the unconditional branch that classifier-free guidance uses.
 
-Grayscale: frames are replicated to 3 channels on the way in and the 3 output channels averaged on the
-way out, so a pretrained RGB VAE works unchanged. Prompt dropout: a training prompt is replaced by "" with
-probability `prompt_dropout`, which is exactly the unconditional branch the pipeline uses for
-classifier-free guidance (its default negative prompt is "").
-
-Saved folder: a complete `StableDiffusionPipeline` (model_index.json, vae/, text_encoder/, tokenizer/,
-unet/, scheduler/, safetensors; the scheduler is the training noise schedule) plus
-synthecho_generator.json, loss_curve.png, sample_grid.png and checkpoints/ (vae/, unet/: resume state).
-The helpers here (base loading, VAE training, latent denoiser training, pipeline saving) are shared
-with `controlnet`.
+Saved folder (`out_dir`):
+    model_index.json, vae/, text_encoder/, tokenizer/, unet/, scheduler/
+                                    a complete StableDiffusionPipeline (safetensors; the scheduler is the
+                                    training noise schedule)
+    synthecho_generator.json        {"kind": "sd", "resolution", "mask_source", "config", "vae_factor",
+                                    "base_model", "base_license", "text_encoder"}, written last
+    loss_curve.png, sample_grid.png what training looked like
+    checkpoints/unet/ (+ vae/ from config) resume state (not part of the published model)
 """
 
 from __future__ import annotations
 
-import math
-import os
-import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from synthecho.errors import SynthechoError
-from synthecho.generators.base import (
-    SampleBatch,
-    check_sampling,
-    check_unet_levels,
-    dtype_keyword,
-    make_scheduler,
-    plain_config,
-    resolve_device,
-    row_noise,
-)
-from synthecho.generators.sdm import CONFIG_FILE, _check_real, _fingerprint, _resolve_dtype, _step_noise_seed
-from synthecho.io import read_json, sha256_json, write_json_atomic
+from synthecho.generators import latent
+from synthecho.generators.base import SampleBatch, check_real_split, grid_reference
 
 KIND = "sd"
-GRID_ROWS = 8
-SCALE_SAMPLES = 256  # train frames used to measure the from-config VAE's latent scaling factor
-
-
-# --- components: a pretrained base or small models from config ---------------------------------------
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def load_base(base_model: str) -> dict[str, Any]:
-    """vae, text_encoder, tokenizer, unet and the noise schedule of an SD pipeline folder or Hub id."""
-    from diffusers import StableDiffusionPipeline
-
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            base_model,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-            local_files_only=_offline() or Path(base_model).exists(),
-        )
-    except (OSError, ValueError) as error:
-        raise SynthechoError(
-            f"cannot load the Stable Diffusion base {base_model!r} (generator.base_model): {error}. Give a "
-            f"local folder holding model_index.json, or a Hub id already in the cache (HF_HUB_OFFLINE is "
-            f"{'set' if _offline() else 'not set'}), or null to build small models from config."
-        ) from None
-    return {
-        "vae": pipe.vae,
-        "text_encoder": pipe.text_encoder.requires_grad_(False).eval(),
-        "tokenizer": pipe.tokenizer,
-        "unet": pipe.unet,
-        # The base's betas (SD: scaled_linear 0.00085..0.012); sampling kinds are built from this dict.
-        "scheduler_config": plain_config(pipe.scheduler.config),
-    }
-
-
-def scheduler_config_from(config) -> dict[str, Any]:
-    """From-config noise schedule: SD's (scaled_linear), the config's prediction type, trailing spacing."""
-    from diffusers import DDPMScheduler
-
-    schedule = DDPMScheduler(
-        num_train_timesteps=config.train_timesteps,
-        beta_schedule=config.beta_schedule,
-        beta_start=0.00085,
-        beta_end=0.012,
-        prediction_type=config.prediction_type,
-        clip_sample=False,  # latents are not bounded to [-1, 1]
-        timestep_spacing="trailing",
-    )
-    return plain_config(schedule.config)
-
-
-def _groups(channels: list[int]) -> int:
-    return min(32, math.gcd(*channels))
-
-
-def build_vae(config):
-    from diffusers import AutoencoderKL
-
-    levels = len(config.vae_channels)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * levels,
-        up_block_types=["UpDecoderBlock2D"] * levels,
-        block_out_channels=list(config.vae_channels),
-        layers_per_block=1,
-        latent_channels=config.latent_channels,
-        norm_num_groups=_groups(config.vae_channels),
-        sample_size=64,
-    )
-
-
-def build_unet(config, latent_size: int, latent_channels: int):
-    """Small UNet2DConditionModel: cross-attention only where `attention` says (CPU cost, DESIGN §10)."""
-    from diffusers import UNet2DConditionModel
-
-    channels = list(config.unet_channels)
-    check_unet_levels(
-        config.attention,
-        channels,
-        latent_size,
-        names=(
-            "generator.unet_channels",
-            "latent size",
-            "prepare.resolution, generator.vae_channels or generator.unet_channels",
-        ),
-    )
-    return UNet2DConditionModel(
-        sample_size=latent_size,
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in config.attention],
-        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention)],
-        block_out_channels=channels,
-        layers_per_block=config.layers_per_block,
-        cross_attention_dim=config.cross_attention_dim,
-        attention_head_dim=config.attention_heads,  # diffusers: this is the NUMBER of heads
-        norm_num_groups=_groups(channels),
-    )
-
-
-def vae_factor(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-# --- data --------------------------------------------------------------------------------------------
-
-
-def pixels(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W) -> (B, 3, H, W) float in [-1, 1]: grayscale replicated for an RGB VAE."""
-    x = torch.from_numpy(frames.astype(np.float32) / 127.5 - 1.0)[:, None]
-    return x.expand(-1, 3, -1, -1).contiguous()
-
-
-def dropped_prompts(prompts: list[str], rng: np.random.Generator, dropout: float) -> list[str]:
-    """Each prompt replaced by "" with probability `dropout` (the guidance's unconditional branch)."""
-    return ["" if rng.random() < dropout else p for p in prompts]
-
-
-# --- training pieces ---------------------------------------------------------------------------------
-
-
-class VaeTrainee(torch.nn.Module):
-    """forward(frames) -> L1 + MSE reconstruction + kl_weight * KL, so train_loop can drive the VAE."""
-
-    def __init__(self, vae, kl_weight: float):
-        super().__init__()
-        self.vae = vae
-        self.kl_weight = kl_weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        posterior = self.vae.encode(x).latent_dist
-        reconstruction = self.vae.decode(posterior.sample()).sample.float()
-        kl = posterior.kl().mean() / x[0].numel()  # per pixel, like the reconstruction terms
-        return F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x) + self.kl_weight * kl
-
-
-def train_vae(recipe, real_train, out_dir: Path, progress: bool) -> tuple[Any, dict]:
-    """From config: train the AutoencoderKL on real frames, freeze it, set its latent scaling factor."""
-    from synthecho.training import recipe_loop_settings, train_loop
-
-    config, batch_size = recipe.generator, recipe.train.batch_size
-    frames = real_train.images
-    torch.manual_seed(recipe.seed)
-    trainee = VaeTrainee(build_vae(config), config.vae_kl_weight)
-
-    def sample_batch(rng: np.random.Generator) -> torch.Tensor:
-        return pixels(frames[rng.integers(0, len(frames), size=batch_size)])
-
-    info = train_loop(
-        trainee,
-        lambda model, batch: model(batch),
-        sample_batch,
-        steps=config.vae_steps,
-        checkpoint_dir=out_dir / "checkpoints" / "vae",
-        learning_rate=config.vae_learning_rate,
-        fingerprint=sha256_json([_fingerprint(recipe, frames.shape[1], real_train), "vae"]),
-        description=f"train {config.kind}/vae",
-        **recipe_loop_settings(recipe, progress),
-    )
-    vae = trainee.vae.to("cpu").requires_grad_(False).eval()
-    # SD scales latents to unit variance (0.18215 for its VAE); measure it for this one (posterior means,
-    # deterministic, so a resumed run gets the same factor).
-    with torch.no_grad():
-        picks = np.linspace(0, len(frames) - 1, min(SCALE_SAMPLES, len(frames))).round().astype(int)
-        latents = torch.cat(
-            [vae.encode(pixels(frames[c])).latent_dist.mean for c in np.array_split(picks, 8) if len(c)]
-        )
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std().clamp_min(1e-6)))
-    info = {k: v for k, v in info.items() if k != "losses"} | {"scaling_factor": vae.config.scaling_factor}
-    return vae, info
-
-
-def components(recipe, real_train, out_dir: Path, progress: bool) -> tuple[dict[str, Any], dict]:
-    """The latent-diffusion parts before denoiser training: a pretrained base, or from config (VAE trained)."""
-    config = recipe.generator
-    resolution = real_train.images.shape[1]
-    if config.base_model:
-        parts = load_base(config.base_model)
-        needed = vae_factor(parts["vae"]) * 2 ** (len(parts["unet"].config.block_out_channels) - 1)
-        if resolution % needed:
-            raise SynthechoError(
-                f"prepare.resolution {resolution} must be divisible by {needed} (the base VAE's factor times "
-                f"the UNet's downsampling) to fine-tune {config.base_model}."
-            )
-        return parts, {"pretrained": config.base_model}
-    from synthecho.generators.text import load_text_encoder
-
-    text_encoder, tokenizer = load_text_encoder(config.text_encoder)
-    if text_encoder.config.hidden_size != config.cross_attention_dim:
-        raise SynthechoError(
-            f"generator.cross_attention_dim is {config.cross_attention_dim} but the text encoder's hidden size "
-            f"is {text_encoder.config.hidden_size}: set cross_attention_dim to {text_encoder.config.hidden_size}."
-        )
-    vae, vae_info = train_vae(recipe, real_train, out_dir, progress)
-    latent_size = resolution // vae_factor(vae)
-    torch.manual_seed(recipe.seed + 1)
-    unet = build_unet(config, latent_size, config.latent_channels)
-    parts = {
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": tokenizer,
-        "unet": unet,
-        "scheduler_config": scheduler_config_from(config),
-    }
-    return parts, {"vae": vae_info}
-
-
-def train_denoiser(
-    recipe,
-    parts: dict,
-    real_train,
-    out_dir: Path,
-    *,
-    steps: int,
-    name: str,
-    controlnet=None,
-    learning_rate: float | None = None,
-    progress=True,
-) -> dict:
-    """Train the UNet (controlnet None) or the ControlNet over a frozen UNet, in latent space, with train_loop.
-
-    VAE and text encoder are frozen and run inside the loss (no_grad), so checkpoints hold only the
-    trained model. Mixed precision: the frozen parts run under the same autocast as the trained one.
-    `learning_rate` defaults to `train.learning_rate`.
-    """
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler
-
-    from synthecho import labels as lab
-    from synthecho.generators.sdm import condition_maps
-    from synthecho.generators.text import tokenize
-    from synthecho.training import recipe_loop_settings, train_loop
-
-    config, batch_size = recipe.generator, recipe.train.batch_size
-    vae, text_encoder, unet = parts["vae"], parts["text_encoder"], parts["unet"]
-    frames = real_train.images
-    prompts = [record["prompt"] for record in real_train.records]
-    maps = condition_maps(real_train) if controlnet is not None else None
-    noise_schedule = DDPMScheduler.from_config(parts["scheduler_config"])
-    total, prediction_type = noise_schedule.config.num_train_timesteps, noise_schedule.config.prediction_type
-    frozen = [vae, text_encoder] + ([unet] if controlnet is not None else [])
-    for module in frozen:
-        module.requires_grad_(False).eval()
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.train.mixed_precision)
-
-    def sample_batch(rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        picks = rng.integers(0, len(frames), size=batch_size)
-        texts = dropped_prompts([prompts[i] for i in picks], rng, config.prompt_dropout)
-        batch = {"pixels": pixels(frames[picks]), "input_ids": tokenize(parts["tokenizer"], texts)}
-        if maps is not None:
-            batch["condition"] = torch.from_numpy(lab.one_hot(maps[picks], lab.NUM_CONDITION_CLASSES))
-        return batch
-
-    # Prompts repeat (a few attributes each), so each distinct token sequence is encoded once.
-    text_cache: dict[bytes, torch.Tensor] = {}
-
-    def encode_cached(input_ids: torch.Tensor) -> torch.Tensor:
-        keys = [row.tobytes() for row in input_ids.cpu().numpy()]
-        missing = sorted({k for k in keys if k not in text_cache})
-        if missing:
-            rows = [keys.index(k) for k in missing]
-            for key, hidden in zip(missing, text_encoder(input_ids[rows])[0], strict=True):
-                text_cache[key] = hidden
-        return torch.stack([text_cache[k] for k in keys])
-
-    def loss_fn(model, batch) -> torch.Tensor:
-        device = batch["pixels"].device
-        for module in frozen:  # frozen parts follow the batch to the training device (once)
-            if module.device != device:
-                module.to(device)
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            with torch.no_grad():
-                latents = vae.encode(batch["pixels"]).latent_dist.sample() * vae.config.scaling_factor
-                hidden = encode_cached(batch["input_ids"])
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, total, (latents.shape[0],), device=device, dtype=torch.long)
-            noisy = noise_schedule.add_noise(latents.float(), noise.float(), t)
-            if controlnet is None:
-                prediction = model(noisy, t, encoder_hidden_states=hidden).sample
-            else:
-                down, mid = model(
-                    noisy,
-                    t,
-                    encoder_hidden_states=hidden,
-                    controlnet_cond=batch["condition"],
-                    return_dict=False,
-                )
-                prediction = unet(
-                    noisy,
-                    t,
-                    encoder_hidden_states=hidden,
-                    down_block_additional_residuals=down,
-                    mid_block_additional_residual=mid,
-                ).sample
-        target = (
-            noise_schedule.get_velocity(latents, noise, t) if prediction_type == "v_prediction" else noise
-        )
-        return F.mse_loss(prediction.float(), target.float())
-
-    trained = controlnet if controlnet is not None else unet
-    trained.requires_grad_(True).train()
-    info = train_loop(
-        trained,
-        loss_fn,
-        sample_batch,
-        steps=steps,
-        checkpoint_dir=out_dir / "checkpoints" / name,
-        learning_rate=recipe.train.learning_rate if learning_rate is None else learning_rate,
-        fingerprint=sha256_json([_fingerprint(recipe, frames.shape[1], real_train), name]),
-        description=f"train {config.kind}/{name}",
-        **recipe_loop_settings(recipe, progress),
-    )
-    for module in frozen + [trained]:
-        module.to("cpu").requires_grad_(False).eval()
-    return info
-
-
-# --- saving and loading ------------------------------------------------------------------------------
-
-
-def save_pipeline(pipe, out_dir: Path, descriptor: dict) -> None:
-    """save_pretrained (safetensors) into a temp folder, move each part into out_dir, descriptor last."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).unlink(missing_ok=True)  # absent while the folder is being replaced
-    tmp = out_dir / ".pipeline.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    for part in sorted(tmp.iterdir()):
-        target = out_dir / part.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(part, target)
-    tmp.rmdir()
-    write_json_atomic(out_dir / CONFIG_FILE, descriptor)
-
-
-def descriptor(kind: str, config, resolution: int, mask_source: str, parts: dict) -> dict:
-    return {
-        "kind": kind,
-        "resolution": resolution,
-        "mask_source": mask_source,
-        "config": config.model_dump(mode="json"),
-        "vae_factor": vae_factor(parts["vae"]),
-        "base_model": config.base_model,
-        "base_license": config.base_license,
-        "text_encoder": type(parts["text_encoder"]).__name__,
-    }
-
-
-def read_descriptor(generator_dir: Path, kind: str) -> dict:
-    path = generator_dir / CONFIG_FILE
-    if not path.is_file():
-        raise SynthechoError(f"{path} is missing: {generator_dir} is not a trained generator folder.")
-    described = read_json(path)
-    if described.get("kind") != kind:
-        raise SynthechoError(f"{path} describes a {described.get('kind')!r} generator, not {kind!r}.")
-    return described
 
 
 def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> SdSampler:
     """Load a saved `sd` folder (a StableDiffusionPipeline) as a Sampler."""
-    from diffusers import StableDiffusionPipeline
-
-    generator_dir = Path(generator_dir)
-    described = read_descriptor(generator_dir, KIND)
-    torch_dtype = _resolve_dtype(dtype)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        generator_dir, local_files_only=True, **dtype_keyword(torch_dtype)
-    )
-    return SdSampler(pipe, int(described["resolution"]), resolve_device(device), torch_dtype)
+    pipe, described, torch_dtype = latent.load_pipeline(generator_dir, KIND, dtype)
+    return SdSampler(pipe, int(described["resolution"]), device, torch_dtype)
 
 
-# --- sampling ----------------------------------------------------------------------------------------
-
-
-class LatentSampler:
-    """Shared by sd and controlnet: scheduler by name, per-row latents and step noise, gray output."""
-
-    uses_prompt = True
-
-    def __init__(self, pipe, resolution: int, device: str, dtype):
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(device)
-        self.scheduler_config = plain_config(pipe.scheduler.config)
-        self.resolution = resolution
-        self.device = device
-        self.dtype = dtype
-
-    def _arguments(self, prompts, seeds, sampler: str, steps: int, guidance_scale: float) -> dict:
-        if seeds is None or prompts is None or len(prompts) != len(seeds):
-            raise SynthechoError(f"{self.kind}.sample needs one prompt and one seed per row")
-        check_sampling(sampler, steps)
-        self.pipe.scheduler = make_scheduler(sampler, self.scheduler_config)
-        factor = self.pipe.vae_scale_factor
-        shape = (self.pipe.unet.config.in_channels, self.resolution // factor, self.resolution // factor)
-        return {
-            "prompt": list(prompts),
-            "height": self.resolution,
-            "width": self.resolution,
-            "num_inference_steps": steps,
-            "guidance_scale": guidance_scale,
-            # Each row's starting latents and step noise come from its own seed only.
-            "latents": row_noise(seeds, shape, device=self.device, dtype=self.dtype),
-            "generator": [torch.Generator("cpu").manual_seed(_step_noise_seed(s)) for s in seeds],
-            "output_type": "np",
-        }
-
-    @staticmethod
-    def _gray(images: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) float [0, 1] -> (B, H, W) uint8: the average of the three channels."""
-        return (
-            (np.asarray(images, dtype=np.float32).mean(axis=-1) * 255).round().clip(0, 255).astype(np.uint8)
-        )
-
-
-class SdSampler(LatentSampler):
+class SdSampler(latent.LatentSampler):
     """Sampler protocol: image-level prompts in, frames out (the segmenter labels them)."""
 
     kind = KIND
@@ -490,17 +57,8 @@ class SdSampler(LatentSampler):
         """(B, H, W) uint8 frames for B prompts; `labels` is ignored (text-only conditioning)."""
         if seeds is not None and len(seeds) == 0:
             return SampleBatch(np.zeros((0, self.resolution, self.resolution), np.uint8), None)
-        arguments = self._arguments(prompts, seeds, sampler, steps, guidance_scale)
-        return SampleBatch(images=self._gray(self.pipe(**arguments).images), masks=None)
-
-
-# --- training ----------------------------------------------------------------------------------------
-
-
-def grid_reference(real_train, real_validation):
-    reference = real_validation if real_validation is not None and len(real_validation) else real_train
-    count = min(GRID_ROWS, len(reference))
-    return reference, np.linspace(0, len(reference) - 1, count).round().astype(int)
+        arguments = self.arguments(prompts, seeds, sampler, steps, guidance_scale)
+        return SampleBatch(images=self.gray(self.pipe(**arguments).images), masks=None)
 
 
 def _sample_grid(sampler: SdSampler, reference, picks, path: Path, steps: int) -> None:
@@ -514,34 +72,24 @@ def _sample_grid(sampler: SdSampler, reference, picks, path: Path, steps: int) -
 
 def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, progress: bool = True) -> dict:
     """Fine-tune (or build and train) the SD pipeline on real (frame, prompt) pairs; save, curve and grid."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
-
     from synthecho.grids import save_loss_curve
 
     config = recipe.generator
     if config.kind != KIND:
         raise SynthechoError(f"sd.train was given a {config.kind!r} generator config")
     out_dir = Path(out_dir)
-    resolution = _check_real(real_train, "train")
+    resolution = check_real_split(real_train, "train")
 
     # 1. Base parts (pretrained, or from config with the VAE trained first), 2. the UNet trained.
-    parts, parts_info = components(recipe, real_train, out_dir, progress)
-    info = train_denoiser(
+    parts, parts_info = latent.components(recipe, real_train, out_dir, progress)
+    info = latent.train_denoiser(
         recipe, parts, real_train, out_dir, steps=recipe.train.steps, name="unet", progress=progress
     )
 
     # 3. Save the pipeline (scheduler = training noise schedule), then sample the grid from the saved folder.
-    pipe = StableDiffusionPipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        unet=parts["unet"],
-        scheduler=DDPMScheduler.from_config(parts["scheduler_config"]),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    latent.save_pipeline(
+        parts, out_dir, latent.pipeline_descriptor(KIND, config, resolution, "segmenter", parts)
     )
-    save_pipeline(pipe, out_dir, descriptor(KIND, config, resolution, "segmenter", parts))
     save_loss_curve(info["losses"], out_dir / "loss_curve.png", title="sd UNet training loss")
     reference, picks = grid_reference(real_train, real_validation)
     _sample_grid(

@@ -4,12 +4,12 @@ Two variants of the denoiser (`generator.variant`):
 - `spade`: MONAI `SPADEDiffusionModelUNet`: the one-hot label map modulates every decoder normalisation
   (SPADE), as SDM and Echo from noise do;
 - `concat`: a diffusers `UNet2DModel` that reads the one-hot map as 5 extra input channels; about 4x
-  cheaper on a CPU (DESIGN §10), so the CPU demo uses it.
+  cheaper on a CPU, so the CPU demo uses it.
 
 Classifier-free guidance: with probability `condition_dropout` a training map is replaced by the all-zero
 "null" map; sampling with guidance_scale s != 1 mixes eps_null + s * (eps_cond - eps_null).
 
-Saved folder (`out_dir`, self-describing):
+Saved folder (`out_dir`, self-describing; written by `base.save_pixel_generator`, descriptor last):
     synthecho_generator.json        {"kind": "sdm", "variant", "resolution", "config", "mask_source"}
     unet/                           concat: diffusers save_pretrained; spade: config.json + safetensors
     scheduler/scheduler_config.json the training DDPMScheduler (any sampler is built from it)
@@ -20,11 +20,7 @@ The saved weights are the EMA weights.
 
 from __future__ import annotations
 
-import inspect
 import json
-import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,51 +33,39 @@ from synthecho.generators.base import (
     PIXEL_UNET_NAMES,
     SampleBatch,
     check_label_maps,
+    check_real_split,
     check_sampling,
     check_unet_levels,
-    make_scheduler,
-    plain_config,
+    checkpoint_fingerprint,
+    condition_maps,
+    grid_reference,
+    head_channels,
+    loss_target,
+    norm_groups,
+    pixel_frames,
+    pixel_sampling,
+    pixel_scheduler_config,
+    read_descriptor,
     resolve_device,
-    row_noise,
+    resolve_dtype,
+    save_pixel_generator,
+    signed_frames,
 )
-from synthecho.io import read_json, sha256_json, write_json_atomic
+from synthecho.io import read_json
 
 KIND = "sdm"
-CONFIG_FILE = "synthecho_generator.json"
 SPADE_WEIGHTS = "diffusion_pytorch_model.safetensors"
-GRID_ROWS = 8
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --- the denoiser ------------------------------------------------------------------------------------
-
-
-def _norm_groups(channels: list[int]) -> int:
-    """Largest GroupNorm group count <= 32 that divides every level's width (32 for (32, 64, 64))."""
-    return min(32, math.gcd(*channels))
-
-
-def _head_channels(config) -> int:
-    """Channels per attention head: the recipe's value, capped by the narrowest attended level."""
-    attended = [c for c, a in zip(config.channels, config.attention, strict=True) if a] + [
-        config.channels[-1]
-    ]
-    head = min(config.num_head_channels, *attended)  # the middle block (lowest level) always attends
-    bad = [c for c in attended if c % head]
-    if bad:
-        raise SynthechoError(
-            f"generator.num_head_channels {config.num_head_channels} must divide the width of every attention "
-            f"level (channels {config.channels}, attention {config.attention}); {bad} do not divide by {head}."
-        )
-    return head
 
 
 def unet_config(config, resolution: int) -> dict[str, Any]:
     """Constructor arguments of the variant's UNet for an `SdmConfig` at `resolution`."""
     channels = list(config.channels)
     check_unet_levels(config.attention, channels, resolution, names=PIXEL_UNET_NAMES)
-    head = _head_channels(config)
-    groups = _norm_groups(channels)
+    head = head_channels(config)
+    groups = norm_groups(channels)
     if config.variant == "concat":
         return {
             "sample_size": resolution,
@@ -134,132 +118,43 @@ def build_denoiser(variant: str, config: dict[str, Any]) -> SdmDenoiser:
     raise SynthechoError(f"generator.variant must be 'concat' or 'spade', got {variant!r}")
 
 
-def training_scheduler_config(config) -> dict[str, Any]:
-    """The noise schedule, saved with the sampling settings every sampler kind reads from it.
-
-    Pixel-space models keep their x0 predictions inside the data range [-1, 1] (guided-diffusion's
-    clip_denoised, which SDM samples with): `clip_sample` for DDPM/DDIM, `thresholding` with
-    `sample_max_value` 1 (a plain clip to [-1, 1]) for DPM-Solver++/UniPC. Near the noisiest step of the
-    cosine schedule alpha_bar is ~1e-9, so an unclipped x0 estimate multiplies any eps error by ~1e4.
-    `trailing` spacing starts few-step samplers at the noisiest trained step.
-    """
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler(
-        num_train_timesteps=config.train_timesteps,
-        beta_schedule=config.beta_schedule,
-        prediction_type=config.prediction_type,
-        clip_sample=True,
-        clip_sample_range=1.0,
-        thresholding=True,
-        sample_max_value=1.0,
-        timestep_spacing="trailing",
-    )
-    return plain_config(scheduler.config)
-
-
-# --- data --------------------------------------------------------------------------------------------
-
-
-def condition_maps(real) -> np.ndarray:
-    """(N, H, W) uint8 5-class maps of a RealSplit (its masks inside its sectors)."""
-    return np.stack([lab.to_condition_labels(m, s) for m, s in zip(real.masks, real.sectors, strict=True)])
-
-
-def _check_real(real, name: str) -> int:
-    if real is None or len(real) == 0:
-        raise SynthechoError(f"the real {name} split is empty: `prepare` produced no {name} records.")
-    n, height, width = real.images.shape
-    if height != width:
-        raise SynthechoError(f"real {name} frames are {height}x{width}; generators need square frames.")
-    return height
-
-
-def _fingerprint(recipe, resolution: int, real_train) -> str:
-    """What makes a checkpoint resumable: model config, optimisation settings, seed and data."""
-    train = recipe.train.model_dump(mode="json")
-    for free in ("steps", "checkpoint_every", "grid_sampler_steps"):  # may change between resumes
-        train.pop(free)
-    return sha256_json(
-        {
-            "generator": recipe.generator.model_dump(mode="json"),
-            "train": train,
-            "seed": recipe.seed,
-            "resolution": resolution,
-            "data": sha256_json(real_train.ids),
-        }
-    )
-
-
 # --- saving and loading ------------------------------------------------------------------------------
 
 
-def _replace_folder(tmp: Path, final: Path) -> None:
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-
-
 def save(denoiser: SdmDenoiser, out_dir: Path, config, resolution: int, unet_kwargs: dict) -> None:
-    """Write the self-describing generator folder; the JSON descriptor goes last (it marks completion)."""
+    """Write the self-describing generator folder (the EMA weights the denoiser holds)."""
     from safetensors.torch import save_file
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # 1. The UNet, into a hidden temp folder renamed into place.
-    tmp = out_dir / ".unet.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if config.variant == "concat":
-        denoiser.unet.save_pretrained(tmp, safe_serialization=True)
-    else:
-        tmp.mkdir(parents=True)
+    def save_unet(folder: Path) -> None:
+        if config.variant == "concat":
+            denoiser.unet.save_pretrained(folder, safe_serialization=True)
+            return
+        # MONAI has no save_pretrained: safetensors + a config.json of the constructor arguments.
+        folder.mkdir(parents=True)
         state = {k: v.detach().cpu().contiguous() for k, v in denoiser.unet.state_dict().items()}
-        save_file(state, str(tmp / SPADE_WEIGHTS))
+        save_file(state, str(folder / SPADE_WEIGHTS))
         described = {"_class_name": "SPADEDiffusionModelUNet", "_library": "monai", **unet_kwargs}
-        (tmp / "config.json").write_text(json.dumps(described, indent=2) + "\n", encoding="utf-8")
-    _replace_folder(tmp, out_dir / "unet")
-    # 2. The training noise schedule (every sampler is built from it).
-    write_json_atomic(out_dir / "scheduler" / "scheduler_config.json", training_scheduler_config(config))
-    # 3. The descriptor.
-    write_json_atomic(
-        out_dir / CONFIG_FILE,
-        {
-            "kind": KIND,
-            "variant": config.variant,
-            "resolution": resolution,
-            "config": config.model_dump(mode="json"),
-            "mask_source": "conditioning",
-        },
-    )
+        (folder / "config.json").write_text(json.dumps(described, indent=2) + "\n", encoding="utf-8")
 
-
-def _resolve_dtype(dtype) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise SynthechoError(f"precision must be one of {sorted(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+    descriptor = {
+        "kind": KIND,
+        "variant": config.variant,
+        "resolution": resolution,
+        "config": config.model_dump(mode="json"),
+        "mask_source": "conditioning",
+    }
+    save_pixel_generator(Path(out_dir), save_unet, config, descriptor)
 
 
 def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> SdmSampler:
     """Load a saved `sdm` folder as a Sampler (dtype: torch dtype, 'fp32', 'bf16', 'fp16' or None=fp32)."""
     generator_dir = Path(generator_dir)
-    descriptor_path = generator_dir / CONFIG_FILE
-    if not descriptor_path.is_file():
-        raise SynthechoError(
-            f"{descriptor_path} is missing: {generator_dir} is not a trained generator folder."
-        )
-    descriptor = read_json(descriptor_path)
-    if descriptor.get("kind") != KIND:
-        raise SynthechoError(
-            f"{descriptor_path} describes a {descriptor.get('kind')!r} generator, not 'sdm'."
-        )
+    descriptor = read_descriptor(generator_dir, KIND)
     from synthecho.recipe import SdmConfig
 
     config = SdmConfig.model_validate(descriptor["config"])
     device = resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype)
     unet_dir = generator_dir / "unet"
     if config.variant == "concat":
         from diffusers import UNet2DModel
@@ -278,11 +173,6 @@ def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> SdmSampl
 
 
 # --- sampling ----------------------------------------------------------------------------------------
-
-
-def _step_noise_seed(seed: int) -> int:
-    """Seed of a row's per-step noise: derived from its seed, unlike any other row's initial noise."""
-    return int(np.random.SeedSequence([int(seed), 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class SdmSampler:
@@ -326,16 +216,10 @@ class SdmSampler:
         guided = guidance_scale != 1.0
         if guided:
             condition = torch.cat([condition, torch.zeros_like(condition)])
-        scheduler = make_scheduler(sampler, self.scheduler_config)
-        scheduler.set_timesteps(steps, device=self.device)
         shape = (1, self.resolution, self.resolution)
-        x = row_noise(seeds, shape, device=self.device) * scheduler.init_noise_sigma
-        # Stochastic samplers (ddpm) draw fresh noise each step: one generator per row keeps rows independent.
-        step_kwargs = {}
-        if "generator" in inspect.signature(scheduler.step).parameters:
-            step_kwargs["generator"] = [
-                torch.Generator("cpu").manual_seed(_step_noise_seed(s)) for s in seeds
-            ]
+        scheduler, x, step_kwargs = pixel_sampling(
+            sampler, steps, self.scheduler_config, seeds, shape, self.device
+        )
         # 2. Denoise (float32 state; the model may run in bf16/fp16).
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(x, t)
@@ -348,7 +232,7 @@ class SdmSampler:
                 eps = eps_null + guidance_scale * (eps_cond - eps_null)
             x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
         # 3. [-1, 1] -> uint8, exactly 0 outside the conditioning sector (as real frames are).
-        frames = ((x[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        frames = pixel_frames(x)
         frames[label_maps == lab.OUTSIDE_SECTOR] = 0
         return SampleBatch(images=frames, masks=None)
 
@@ -356,11 +240,10 @@ class SdmSampler:
 # --- training ----------------------------------------------------------------------------------------
 
 
-def _sample_grid(sampler: SdmSampler, reference, path: Path, steps: int) -> None:
+def _sample_grid(sampler: SdmSampler, reference, picks, path: Path, steps: int) -> None:
     from synthecho.grids import colorize_condition, save_grid
 
-    count = min(GRID_ROWS, len(reference))
-    picks = np.linspace(0, len(reference) - 1, count).round().astype(int)
+    count = len(picks)
     maps = condition_maps(reference.subset(picks))
     generated = sampler.sample(maps, [""] * count, list(range(count)), sampler="dpmsolver++", steps=steps)
     rows = [
@@ -385,7 +268,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     if config.kind != KIND:
         raise SynthechoError(f"sdm.train was given a {config.kind!r} generator config")
     out_dir = Path(out_dir)
-    resolution = _check_real(real_train, "train")
+    resolution = check_real_split(real_train, "train")
 
     # 1. The data as compact arrays; batches are random (frame, map) pairs. No flips: apical views have a
     #    fixed left/right anatomy.
@@ -394,7 +277,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
 
     def sample_batch(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         picks = rng.integers(0, len(frames), size=train_config.batch_size)
-        images = torch.from_numpy(frames[picks].astype(np.float32) / 127.5 - 1.0)[:, None]
+        images = signed_frames(frames[picks])
         condition = torch.from_numpy(lab.one_hot(maps[picks], lab.NUM_CONDITION_CLASSES))
         return {"images": images, "condition": condition}
 
@@ -404,9 +287,8 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     denoiser = build_denoiser(config.variant, unet_kwargs)
     from diffusers import DDPMScheduler
 
-    noise_schedule = DDPMScheduler.from_config(training_scheduler_config(config))
+    noise_schedule = DDPMScheduler.from_config(pixel_scheduler_config(config))
     timesteps_total = noise_schedule.config.num_train_timesteps
-    prediction_type = noise_schedule.config.prediction_type
 
     def loss_fn(model, batch) -> torch.Tensor:
         images, condition = batch["images"], batch["condition"]
@@ -417,10 +299,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, timesteps_total, (count,), device=images.device, dtype=torch.long)
         noisy = noise_schedule.add_noise(images, noise, timesteps)
-        if prediction_type == "v_prediction":
-            target = noise_schedule.get_velocity(images, noise, timesteps)
-        else:
-            target = noise
+        target = loss_target(noise_schedule, images, noise, timesteps)
         return F.mse_loss(model(noisy, timesteps, condition).float(), target)
 
     # 3. The shared loop (accelerate, EMA, checkpoints, resume); the model comes back holding the EMA.
@@ -431,7 +310,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         steps=train_config.steps,
         checkpoint_dir=out_dir / "checkpoints",
         learning_rate=train_config.learning_rate,
-        fingerprint=_fingerprint(recipe, resolution, real_train),
+        fingerprint=checkpoint_fingerprint(recipe, resolution, real_train),
         description=f"train sdm/{config.variant}",
         **recipe_loop_settings(recipe, progress),
     )
@@ -440,8 +319,8 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     save(denoiser.to("cpu", torch.float32), out_dir, config, resolution, unet_kwargs)
     save_loss_curve(info["losses"], out_dir / "loss_curve.png", title=f"sdm/{config.variant} training loss")
     sampler = load(out_dir, device=info["device"])
-    reference = real_validation if real_validation is not None and len(real_validation) else real_train
-    _sample_grid(sampler, reference, out_dir / "sample_grid.png", train_config.grid_sampler_steps)
+    reference, picks = grid_reference(real_train, real_validation)
+    _sample_grid(sampler, reference, picks, out_dir / "sample_grid.png", train_config.grid_sampler_steps)
     return {
         "kind": KIND,
         "variant": config.variant,
