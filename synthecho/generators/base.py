@@ -327,6 +327,9 @@ def save_pixel_generator(out_dir: Path, save_unet, config, descriptor: dict[str,
     """unet/ (`save_unet(folder)` writes it into a temp folder renamed into place), the noise schedule
     (every sampler is built from it), then the descriptor."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The descriptor marks a complete folder: remove it first, so a save killed half-way never leaves an
+    # old descriptor over new weights.
+    (out_dir / DESCRIPTOR_FILE).unlink(missing_ok=True)
     tmp = out_dir / ".unet.tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed save
     save_unet(tmp)
