@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from synthecho.errors import SynthechoError
+from synthecho.formatting import STRATEGY_TITLES, cell, number, plus_minus, short_hash, significant
 from synthecho.io import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from synthecho.stages import is_current, mark_done, read_marker
 
@@ -100,27 +101,6 @@ def _get(mapping: Any, dotted: str, default: Any = None) -> Any:
             return default
         node = node[part]
     return node
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return _cell(value)
-
-
-def _cell(value: Any) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(value).replace("|", "\\|").replace("\n", " ").strip()
-
-
-def _short(digest: Any) -> str:
-    return str(digest)[:12] if digest else "n/a"
 
 
 def size_category(rows: int) -> str:
@@ -286,9 +266,9 @@ def _split_rows(manifest: dict) -> list[dict]:
         rows.append(
             {
                 "split": split,
-                "planned": _num(planned),
-                "passed": _num(published[split]),
-                "rejected": _num(counts.get("rejected")),
+                "planned": number(planned),
+                "passed": number(published[split]),
+                "rejected": number(counts.get("rejected")),
             }
         )
     return rows
@@ -324,14 +304,14 @@ def _source(manifest: dict) -> dict:
         records = _get(source, f"records.{split}")
         patients = _get(source, f"patients.{split}")
         if records is not None or patients is not None:
-            rows.append({"split": split, "records": _num(records), "patients": _num(patients)})
+            rows.append({"split": split, "records": number(records), "patients": number(patients)})
     return {
         "label": label,
         "description": description,
         "note": source.get("note") or "",
         "rows": rows,
         "bias": bias,
-        "file_list_sha256": _short(source.get("file_list_sha256")),
+        "file_list_sha256": short_hash(source.get("file_list_sha256")),
     }
 
 
@@ -343,12 +323,12 @@ def _perturbation(manifest: dict) -> str:
         return "The recipe in the manifest does not record the mask perturbation."
     scale = p.get("scale") or [None, None]
     return (
-        f"Each real training or validation mask gives {_num(variants)} variants, as Echo from Noise did: a random "
-        f"affine transform (rotation up to ±{_num(p.get('degrees'), 1)}°, vertical shift up to "
-        f"±{_num(p.get('translate'), 3)} of the height, scale in [{_num(scale[0], 2)}, {_num(scale[1], 2)}], "
-        f"shear up to ±{_num(p.get('shear'), 1)}°) composed with a cubic B-spline elastic deformation "
-        f"({_num(p.get('elastic_control_points'))}×{_num(p.get('elastic_control_points'))} control points, "
-        f"borders locked, displacement up to {_num(p.get('elastic_max_displacement'), 3)} of the image side), "
+        f"Each real training or validation mask gives {number(variants)} variants, as Echo from Noise did: a random "
+        f"affine transform (rotation up to ±{number(p.get('degrees'), 1)}°, vertical shift up to "
+        f"±{number(p.get('translate'), 3)} of the height, scale in [{number(scale[0], 2)}, {number(scale[1], 2)}], "
+        f"shear up to ±{number(p.get('shear'), 1)}°) composed with a cubic B-spline elastic deformation "
+        f"({number(p.get('elastic_control_points'))}×{number(p.get('elastic_control_points'))} control points, "
+        f"borders locked, displacement up to {number(p.get('elastic_max_displacement'), 3)} of the image side), "
         f"sampled once with nearest-neighbour interpolation and clipped to the ultrasound sector of the real "
         f"frame. The generator is conditioned on a 5-class map (outside sector, sector background, LV, "
         f"myocardium, LA). Each row's parameters are in its `mask_transform` column."
@@ -370,7 +350,9 @@ def _generator(manifest: dict) -> dict:
         "controlnet": "ControlNet on Stable Diffusion (text + label map)",
     }
     what = names.get(kind, kind)
-    summary = f"`{kind}`" + (f" ({variant})" if variant else "") + f", sha256 `{_short(gen.get('sha256'))}`"
+    summary = (
+        f"`{kind}`" + (f" ({variant})" if variant else "") + f", sha256 `{short_hash(gen.get('sha256'))}`"
+    )
     architecture = ", ".join(
         f"{key} {json.dumps(config[key])}"
         for key in ("channels", "layers_per_block", "attention", "train_timesteps", "beta_schedule")
@@ -379,10 +361,10 @@ def _generator(manifest: dict) -> dict:
     description = (
         f"`{kind}`{f' ({variant})' if variant else ''}: {what}"
         + (f"; {architecture}" if architecture else "")
-        + f". Trained for {_num(train.get('steps'))} steps (batch {_num(train.get('batch_size'))}, "
-        f"learning rate {_num(train.get('learning_rate'), 6)}, EMA {_num(train.get('ema_decay'), 4)}, "
-        f"mixed precision {_num(train.get('mixed_precision'))}) in {_num(train.get('seconds'), 0)} s; "
-        f"final loss {_num(train.get('final_loss'), 4)}."
+        + f". Trained for {number(train.get('steps'))} steps (batch {number(train.get('batch_size'))}, "
+        f"learning rate {number(train.get('learning_rate'), 6)}, EMA {number(train.get('ema_decay'), 4)}, "
+        f"mixed precision {number(train.get('mixed_precision'))}) in {number(train.get('seconds'), 0)} s; "
+        f"final loss {number(train.get('final_loss'), 4)}."
     )
     base_model, base_license = gen.get("base_model"), gen.get("base_license")
     if base_model:
@@ -412,7 +394,7 @@ def _generator(manifest: dict) -> dict:
         "summary": summary,
         "description": description,
         "weights": weights,
-        "sha256": _short(gen.get("sha256")),
+        "sha256": short_hash(gen.get("sha256")),
         "prompt_use": prompt_use,
     }
 
@@ -423,11 +405,11 @@ def _sampling(manifest: dict) -> str:
     if not generation:
         return "Generation has not run for this version."
     return (
-        f"Sampler `{generation.get('sampler')}`, {_num(generation.get('steps'))} steps, guidance scale "
-        f"{_num(generation.get('guidance_scale'), 2)}, batch size {_num(generation.get('batch_size'))}, "
-        f"base seed {_num(generation.get('seed', recipe_generate.get('seed')))}, on {_num(generation.get('device'))} in "
-        f"{_num(generation.get('precision'))}: {_num(_get(manifest, 'counts.generated'))} images in "
-        f"{_num(generation.get('seconds'), 0)} s ({_num(generation.get('images_per_second'), 2)} images/s)."
+        f"Sampler `{generation.get('sampler')}`, {number(generation.get('steps'))} steps, guidance scale "
+        f"{number(generation.get('guidance_scale'), 2)}, batch size {number(generation.get('batch_size'))}, "
+        f"base seed {number(generation.get('seed', recipe_generate.get('seed')))}, on {number(generation.get('device'))} in "
+        f"{number(generation.get('precision'))}: {number(_get(manifest, 'counts.generated'))} images in "
+        f"{number(generation.get('seconds'), 0)} s ({number(generation.get('images_per_second'), 2)} images/s)."
     )
 
 
@@ -445,27 +427,22 @@ def _filter_summary(manifest: dict) -> str:
     dice = metrics.get("dice_threshold") or _get(manifest, "recipe.filter.dice_threshold") or {}
     order = {"lv": 0, "myo": 1, "la": 2}
     ranked = sorted(dice.items(), key=lambda item: (order.get(item[0], 3), item[0]))
-    dice_text = ", ".join(f"{k.upper()} {_num(v, 2)}" for k, v in ranked) or "n/a"
+    dice_text = ", ".join(f"{k.upper()} {number(v, 2)}" for k, v in ranked) or "n/a"
     return (
         f"A row is rejected when the filter segmenter's prediction on the image disagrees with the row's mask "
         f"(Dice below {dice_text}; rows whose mask came from the segmenter are checked for anatomical "
         f"plausibility instead), when it is too similar to a real training image (copy similarity above "
-        f"{_num(metrics.get('copy_threshold'), 3)}), or when it is degenerate (NaN, constant, empty sector). "
-        f"Of {_num(_get(manifest, 'counts.generated'))} generated rows, {_num(_get(manifest, 'counts.passed'))} "
+        f"{number(metrics.get('copy_threshold'), 3)}), or when it is degenerate (NaN, constant, empty sector). "
+        f"Of {number(_get(manifest, 'counts.generated'))} generated rows, {number(_get(manifest, 'counts.passed'))} "
         f"passed."
     )
 
 
 def _outcome_rows(manifest: dict) -> list[dict]:
-    rows = [{"outcome": "passed", "rows": _num(_get(manifest, "counts.passed"))}]
+    rows = [{"outcome": "passed", "rows": number(_get(manifest, "counts.passed"))}]
     for reason, count in sorted((_get(manifest, "counts.rejected") or {}).items()):
-        rows.append({"outcome": f"rejected: {_cell(reason)}", "rows": _num(count)})
+        rows.append({"outcome": f"rejected: {cell(reason)}", "rows": number(count)})
     return rows
-
-
-def _significant(value: float | None, digits: int = 2) -> str:
-    """Significant digits, not decimals: domain-feature KIDs are ~1e-4, Inception FIDs ~10-100."""
-    return "n/a" if value is None else f"{value:.{digits}g}"
 
 
 def _distance_rows(table: Any, reference: Any = None) -> list[dict]:
@@ -475,10 +452,10 @@ def _distance_rows(table: Any, reference: Any = None) -> list[dict]:
     def row(label, values):
         return {
             "label": label,
-            "fid": _significant(values.get("fid"), 3),
-            "kid": f"{_significant(values.get('kid_mean'))} ± {_significant(values.get('kid_std'))}",
-            "n_real": _num(values.get("n_real")),
-            "n_synthetic": _num(values.get("n_synthetic")),
+            "fid": significant(values.get("fid"), 3),
+            "kid": f"{significant(values.get('kid_mean'))} ± {significant(values.get('kid_std'))}",
+            "n_real": number(values.get("n_real")),
+            "n_synthetic": number(values.get("n_synthetic")),
         }
 
     if isinstance(table, dict):
@@ -496,8 +473,8 @@ def _attribute_fidelity(manifest: dict) -> str:
         return "Attribute classifiers have not been run for this version."
     return (
         f"View and phase classifiers trained on real frames agree with the rows' `view` on "
-        f"{_num(fidelity.get('view_agreement'), 3)} and with their `phase` on "
-        f"{_num(fidelity.get('phase_agreement'), 3)} of the published rows (does the image show what the prompt says?)."
+        f"{number(fidelity.get('view_agreement'), 3)} and with their `phase` on "
+        f"{number(fidelity.get('phase_agreement'), 3)} of the published rows (does the image show what the prompt says?)."
     )
 
 
@@ -511,9 +488,9 @@ def mask_fidelity_sentence(fidelity: dict | None) -> str:
     dice, ceiling = fidelity["mean_dice"], fidelity["ceiling_dice"]
     return (
         f"The filter segmenter finds the rows' anatomy in the generated frames with mean Dice LV "
-        f"{_num(dice['lv'])}, myocardium {_num(dice['myo'])}, LA {_num(dice['la'])} (all "
+        f"{number(dice['lv'])}, myocardium {number(dice['myo'])}, LA {number(dice['la'])} (all "
         f"{fidelity['rows']} judged rows, before filtering); on real {fidelity['ceiling_split']} frames "
-        f"it scores LV {_num(ceiling['lv'])}, myocardium {_num(ceiling['myo'])}, LA {_num(ceiling['la'])}, "
+        f"it scores LV {number(ceiling['lv'])}, myocardium {number(ceiling['myo'])}, LA {number(ceiling['la'])}, "
         f"the ceiling for a generator that follows its masks exactly."
     )
 
@@ -530,9 +507,9 @@ def _segmenter_summary(manifest: dict) -> str:
     if not seg:
         return "No filter segmenter is recorded for this version."
     return (
-        f"MONAI 2-D U-Net trained on the real train split for {_num(seg.get('steps'))} steps; Dice on real "
-        f"validation frames: LV {_num(dice.get('lv'))}, myocardium {_num(dice.get('myo'))}, LA "
-        f"{_num(dice.get('la'))} (mean {_num(dice.get('mean'))}). sha256 `{_short(seg.get('sha256'))}`."
+        f"MONAI 2-D U-Net trained on the real train split for {number(seg.get('steps'))} steps; Dice on real "
+        f"validation frames: LV {number(dice.get('lv'))}, myocardium {number(dice.get('myo'))}, LA "
+        f"{number(dice.get('la'))} (mean {number(dice.get('mean'))}). sha256 `{short_hash(seg.get('sha256'))}`."
     )
 
 
@@ -544,16 +521,10 @@ def _flatten(value: Any, prefix: str = "") -> list[dict]:
             rows += _flatten(value[key], f"{prefix} / {key}" if prefix else str(key))
         return rows
     if isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        return [{"key": _cell(prefix), "value": ", ".join(_num(v) for v in value)}]
-    return [{"key": _cell(prefix), "value": _num(value)}]
+        return [{"key": cell(prefix), "value": ", ".join(number(v) for v in value)}]
+    return [{"key": cell(prefix), "value": number(value)}]
 
 
-STRATEGY_NAMES = {
-    "real": "real only",
-    "synthetic": "synthetic only",
-    "pretrain_finetune": "synthetic → real fine-tune",
-    "real_plus_synthetic": "real + synthetic",
-}
 # (task, metric keys shown, column titles); metrics are fractions rendered as percentages.
 DOWNSTREAM_COLUMNS = {
     "segmentation": (
@@ -577,11 +548,8 @@ def _downstream_tables(downstream: dict) -> list[dict]:
                 if name not in strategies:
                     continue
                 metrics = strategies[name]["metrics"]
-                cells = [
-                    f"{100 * metrics[k]['mean']:.1f} ± {100 * metrics[k]['std']:.1f}" if k in metrics else "–"
-                    for k in keys
-                ]
-                rows.append({"strategy": STRATEGY_NAMES.get(name, name), "cells": cells})
+                cells = [plus_minus(metrics.get(k), missing="–") for k in keys]
+                rows.append({"strategy": STRATEGY_TITLES.get(name, name), "cells": cells})
             if rows:
                 title = f"{task}, {100 * float(cap.get('cap', 1.0)):.0f}% of real train patients"
                 tables.append({"title": title, "columns": titles, "rows": rows})
@@ -594,7 +562,7 @@ def _environment(manifest: dict) -> dict:
     shown = [f"{key} {value}" for key, value in flat.items() if key not in ("synthecho", "git_commit")]
     return {
         "synthecho": env.get("synthecho", "n/a"),
-        "git_commit": _short(env.get("git_commit")),
+        "git_commit": short_hash(env.get("git_commit")),
         "line": "; ".join(shown) if shown else "not recorded",
     }
 
@@ -633,9 +601,9 @@ def card_context(manifest: dict) -> dict:
         "load_id": repo_id or f"ORG/{name}",
         "generator_repo_id": publish.get("generator_repo_id"),
         "license_line": license_line,
-        "rows_summary": ", ".join(f"{split} {_num(n)}" for split, n in rows.items()),
+        "rows_summary": ", ".join(f"{split} {number(n)}" for split, n in rows.items()),
         "split_names": ", ".join(split for split, n in rows.items() if n > 0) or "no published rows",
-        "recipe_sha256": _short(manifest.get("recipe_sha256")),
+        "recipe_sha256": short_hash(manifest.get("recipe_sha256")),
         "environment": _environment(manifest),
         "source": _source(manifest),
         "generator": _generator(manifest),
@@ -653,10 +621,10 @@ def card_context(manifest: dict) -> dict:
         "columns": _columns(),
         "split_rows": _split_rows(manifest),
         "prompts_per_row": prompts_per_row(),
-        "prompt_rows": _num(sum(rows.values()) * prompts_per_row()),
+        "prompt_rows": number(sum(rows.values()) * prompts_per_row()),
         "filter_summary": _filter_summary(manifest),
         "outcome_rows": _outcome_rows(manifest),
-        "feature_dims": _num(_get(manifest, "recipe.filter.feature_dims", 64)),
+        "feature_dims": number(_get(manifest, "recipe.filter.feature_dims", 64)),
         "domain_rows": _distance_rows(metrics.get("domain"), _get(metrics, "real_reference.domain")),
         "inception_rows": _distance_rows(metrics.get("inception"), _get(metrics, "real_reference.inception")),
         "inception_note": metrics.get("inception_note")
@@ -672,9 +640,9 @@ def card_context(manifest: dict) -> dict:
         "shards": [
             {
                 "path": shard.get("path"),
-                "rows": _num(shard.get("rows")),
-                "sha256": _short(shard.get("sha256")),
-                "content_hash": _short(shard.get("content_hash")),
+                "rows": number(shard.get("rows")),
+                "sha256": short_hash(shard.get("sha256")),
+                "content_hash": short_hash(shard.get("content_hash")),
             }
             for shard in _get(manifest, "shards.data", [])
         ],

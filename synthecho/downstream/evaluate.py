@@ -1,4 +1,4 @@
-"""Stage `evaluate`: downstream baselines, with the statistics a claim needs (DESIGN §9).
+"""Stage `evaluate`: downstream baselines on the real test split, with the statistics a claim needs.
 
 For every real-data cap, task, strategy and seed a model is trained (selected on real validation) and
 tested on the real test split; the per-image results are kept so strategies can be compared image by
@@ -37,6 +37,7 @@ import numpy as np
 from synthecho.downstream import STRATEGIES, concat_splits, corpus_files, corpus_split
 from synthecho.downstream.stats import mean_std, pairwise_wilcoxon
 from synthecho.errors import SynthechoError
+from synthecho.formatting import STRATEGY_TITLES, p_value, plus_minus
 from synthecho.io import (
     atomic_path,
     read_json,
@@ -54,12 +55,6 @@ CAP_STAGE_MODULES = {
     "train": "synthecho.train",
     "generate": "synthecho.generate",
     "filter": "synthecho.quality.filter",
-}
-STRATEGY_TITLES = {
-    "real": "real only",
-    "synthetic": "synthetic only",
-    "pretrain_finetune": "synthetic → real fine-tune",
-    "real_plus_synthetic": "real + synthetic",
 }
 REPORT_MD, REPORT_PNG = "downstream.md", "downstream.png"
 
@@ -325,16 +320,6 @@ def aggregate(task, units: list[dict], strategies: list[str]) -> dict:
 # --- reports -----------------------------------------------------------------------------------------
 
 
-def _cell(metric: dict | None, scale: float = 100.0, digits: int = 1) -> str:
-    if not metric:
-        return "—"
-    return f"{metric['mean'] * scale:.{digits}f} ± {metric['std'] * scale:.{digits}f}"
-
-
-def _p(value: float) -> str:
-    return f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}"
-
-
 def _task_title(name: str) -> str:
     from synthecho.downstream.classification import TASK_TITLES
 
@@ -415,7 +400,7 @@ def render_markdown(recipe, study: dict) -> str:
                         f"| {title} | — | — | skipped: {entry['skipped']} |" + " |" * (len(header) - 1)
                     )
                     continue
-                cells = [_cell(entry["metrics"].get(key), scale, digits) for key, scale, digits in keys]
+                cells = [plus_minus(entry["metrics"].get(key), scale, digits) for key, scale, digits in keys]
                 lines.append(
                     f"| {title} | {entry['n_real']} | {entry['n_synthetic']} | " + " | ".join(cells) + " |"
                 )
@@ -435,7 +420,7 @@ def render_markdown(recipe, study: dict) -> str:
                     cells = []
                     for metric in metrics:
                         entry = tests[metric][index]
-                        cells.append(f"{_p(entry['p'])} ({entry['mean_difference'] * 100:+.1f})")
+                        cells.append(f"{p_value(entry['p'])} ({entry['mean_difference'] * 100:+.1f})")
                     lines.append(
                         f"| {STRATEGY_TITLES[pair['a']]} vs {STRATEGY_TITLES[pair['b']]} | "
                         + " | ".join(cells)
