@@ -24,6 +24,18 @@ from typing import Any
 from synthecho.errors import SynthechoError
 from synthecho.formatting import STRATEGY_TITLES, cell, number, plus_minus, short_hash, significant
 from synthecho.io import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from synthecho.manifest import (
+    PUBLISHED_SPLITS,
+    article_rule,
+    dataset_section,
+    manifest_get,
+    published_bytes,
+    published_rows,
+    require_manifest,
+    run_grid,
+    update_manifest,
+)
+from synthecho.prompts import PROMPTS_PER_ROW
 from synthecho.stages import is_current, mark_done, read_marker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +43,6 @@ TEMPLATE_PATH = REPO_ROOT / "cards" / "template.md"
 
 TASK_CATEGORIES = ["image-segmentation", "text-to-image"]
 TAGS = ["echocardiography", "ultrasound", "medical", "synthetic", "cardiac", "diffusion"]
-PUBLISHED_SPLITS = ("train", "validation")
 NO_LICENSE = "unknown"  # Hub licence id used until the recipe sets `license` (publish refuses it)
 
 # Files of the published layout; `publish.layout_repo` writes them, the card's `configs:` points at them.
@@ -93,16 +104,6 @@ PHANTOM_BIAS = (
 # ----------------------------------------------------------------------------------------------------
 
 
-def _get(mapping: Any, dotted: str, default: Any = None) -> Any:
-    """`mapping["a"]["b"]` for "a.b", or `default` when any level is missing or None."""
-    node = mapping
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or node.get(part) is None:
-            return default
-        node = node[part]
-    return node
-
-
 def size_category(rows: int) -> str:
     """The Hub's `size_categories` bucket for a number of rows."""
     buckets = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
@@ -113,60 +114,7 @@ def size_category(rows: int) -> str:
     return "n>1B"
 
 
-def prompt_features():
-    """Columns of the `prompts` config (long format, one row per prompt of a corpus row)."""
-    from datasets import Features, Value
-
-    return Features(
-        {
-            "id": Value("string"),
-            "structure": Value("string"),
-            "level": Value("int32"),
-            "phrasing": Value("string"),
-            "text": Value("string"),
-        }
-    )
-
-
-def prompts_per_row() -> int:
-    from synthecho.prompts import LEVELS, PHRASINGS, STRUCTURE_NAMES
-
-    return len(STRUCTURE_NAMES) * len(LEVELS) * len(PHRASINGS)
-
-
 SAMPLE_GRID = "sample_grid.png"  # beside the card, in cards/<name>/ and in the Hub repo
-
-
-def run_grid(run_dir: Path) -> Path:
-    """The generator's sample grid as `train` copied it into the run's reports."""
-    return Path(run_dir) / "reports" / "generator_sample_grid.png"
-
-
-def article_rule(manifest: dict) -> str:
-    """The prompt article rule of this corpus ("an" unless the recipe says otherwise)."""
-    return _get(manifest, "recipe.prompts.article_rule", "an")
-
-
-def published_rows(manifest: dict) -> dict[str, int]:
-    """Rows per published split, from the filter's `data` shards (counts.by_split as a fallback)."""
-    rows = {split: 0 for split in PUBLISHED_SPLITS}
-    shards = _get(manifest, "shards.data")
-    if shards:
-        for shard in shards:
-            if shard.get("split") in rows:
-                rows[shard["split"]] += int(shard.get("rows") or 0)
-    else:
-        for split in rows:
-            rows[split] = int(_get(manifest, f"counts.by_split.{split}.passed", 0))
-    return rows
-
-
-def published_bytes(manifest: dict) -> dict[str, int]:
-    sizes = {split: 0 for split in PUBLISHED_SPLITS}
-    for shard in _get(manifest, "shards.data", []):
-        if shard.get("split") in sizes:
-            sizes[shard["split"]] += int(shard.get("bytes") or 0)
-    return sizes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -175,7 +123,7 @@ def published_bytes(manifest: dict) -> dict[str, int]:
 
 
 def _source_dataset(manifest: dict) -> str:
-    kind = _get(manifest, "source.kind", _get(manifest, "recipe.source.kind", "camus"))
+    kind = manifest_get(manifest, "source.kind", manifest_get(manifest, "recipe.source.kind", "camus"))
     return "synthecho phantom (simulated)" if kind == "phantom" else "CAMUS"
 
 
@@ -187,15 +135,15 @@ def card_data(manifest: dict):
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCardData
 
-    from synthecho.schema import corpus_features
+    from synthecho.schema import corpus_features, prompt_features
 
     rows = published_rows(manifest)
     sizes = published_bytes(manifest)
     splits = [split for split in PUBLISHED_SPLITS if rows[split] > 0]
     data = DatasetCardData(
-        license=_get(manifest, "dataset.license") or NO_LICENSE,
-        pretty_name=_get(manifest, "dataset.pretty_name")
-        or _get(manifest, "dataset.name", "synthecho corpus"),
+        license=manifest_get(manifest, "dataset.license") or NO_LICENSE,
+        pretty_name=manifest_get(manifest, "dataset.pretty_name")
+        or manifest_get(manifest, "dataset.name", "synthecho corpus"),
         task_categories=TASK_CATEGORIES,
         size_categories=[size_category(sum(rows.values()))],
         source_datasets=[_source_dataset(manifest)],
@@ -215,9 +163,9 @@ def card_data(manifest: dict):
     for split in splits:
         corpus_splits.add(SplitInfo(name=split, num_bytes=sizes[split], num_examples=rows[split]))
     # The prompts config is built by publish; the filter stage measured its Arrow size (0 if unknown).
-    prompt_bytes = int(_get(manifest, "shards.prompts.arrow_bytes", 0) or 0)
+    prompt_bytes = int(manifest_get(manifest, "shards.prompts.arrow_bytes", 0) or 0)
     prompt_splits.add(
-        SplitInfo(name="train", num_bytes=prompt_bytes, num_examples=sum(rows.values()) * prompts_per_row())
+        SplitInfo(name="train", num_bytes=prompt_bytes, num_examples=sum(rows.values()) * PROMPTS_PER_ROW)
     )
     total = sum(sizes.values())
     infos = {"prompts": DatasetInfo(features=prompt_features(), splits=prompt_splits)}
@@ -261,8 +209,8 @@ def _split_rows(manifest: dict) -> list[dict]:
     published = published_rows(manifest)
     rows = []
     for split in PUBLISHED_SPLITS:
-        counts = _get(manifest, f"counts.by_split.{split}", {})
-        planned = counts.get("planned", _get(manifest, f"generation.rows_planned.{split}"))
+        counts = manifest_get(manifest, f"counts.by_split.{split}", {})
+        planned = counts.get("planned", manifest_get(manifest, f"generation.rows_planned.{split}"))
         rows.append(
             {
                 "split": split,
@@ -276,10 +224,10 @@ def _split_rows(manifest: dict) -> list[dict]:
 
 def _source(manifest: dict) -> dict:
     source = manifest.get("source") or {}
-    kind = source.get("kind", _get(manifest, "recipe.source.kind", "camus"))
+    kind = source.get("kind", manifest_get(manifest, "recipe.source.kind", "camus"))
     name = source.get("name", kind)
     release = source.get("release")
-    resolution = source.get("resolution", _get(manifest, "recipe.prepare.resolution"))
+    resolution = source.get("resolution", manifest_get(manifest, "recipe.prepare.resolution"))
     size = f"{resolution}×{resolution} px" if resolution else "the recipe resolution"
     if kind == "phantom":
         label = "synthecho phantom (simulated CAMUS-format data)"
@@ -301,8 +249,8 @@ def _source(manifest: dict) -> dict:
         bias = CAMUS_BIAS
     rows = []
     for split in ("train", "validation", "test"):
-        records = _get(source, f"records.{split}")
-        patients = _get(source, f"patients.{split}")
+        records = manifest_get(source, f"records.{split}")
+        patients = manifest_get(source, f"patients.{split}")
         if records is not None or patients is not None:
             rows.append({"split": split, "records": number(records), "patients": number(patients)})
     return {
@@ -316,9 +264,9 @@ def _source(manifest: dict) -> dict:
 
 
 def _perturbation(manifest: dict) -> str:
-    generate = _get(manifest, "recipe.generate", {})
+    generate = manifest_get(manifest, "recipe.generate", {})
     p = generate.get("perturb") or {}
-    variants = _get(manifest, "generation.variants", generate.get("variants"))
+    variants = manifest_get(manifest, "generation.variants", generate.get("variants"))
     if not p:
         return "The recipe in the manifest does not record the mask perturbation."
     scale = p.get("scale") or [None, None]
@@ -337,12 +285,12 @@ def _perturbation(manifest: dict) -> str:
 
 def _generator(manifest: dict) -> dict:
     gen = manifest.get("generator") or {}
-    kind = gen.get("kind", _get(manifest, "recipe.generator.kind", "unknown"))
+    kind = gen.get("kind", manifest_get(manifest, "recipe.generator.kind", "unknown"))
     variant = gen.get("variant")
-    config = gen.get("config") or _get(manifest, "recipe.generator", {})
+    config = gen.get("config") or manifest_get(manifest, "recipe.generator", {})
     # generator.train holds the recipe's train section plus what training measured; older or partial
     # manifests may only have the measurements, so the recipe fills the gaps.
-    train = {**_get(manifest, "recipe.train", {}), **(gen.get("train") or {})}
+    train = {**manifest_get(manifest, "recipe.train", {}), **(gen.get("train") or {})}
     names = {
         "sdm": "semantic diffusion model (pixel-space diffusion conditioned on the label map)",
         "ddpm": "unconditional DDPM",
@@ -401,14 +349,14 @@ def _generator(manifest: dict) -> dict:
 
 def _sampling(manifest: dict) -> str:
     generation = manifest.get("generation") or {}
-    recipe_generate = _get(manifest, "recipe.generate", {})
+    recipe_generate = manifest_get(manifest, "recipe.generate", {})
     if not generation:
         return "Generation has not run for this version."
     return (
         f"Sampler `{generation.get('sampler')}`, {number(generation.get('steps'))} steps, guidance scale "
         f"{number(generation.get('guidance_scale'), 2)}, batch size {number(generation.get('batch_size'))}, "
         f"base seed {number(generation.get('seed', recipe_generate.get('seed')))}, on {number(generation.get('device'))} in "
-        f"{number(generation.get('precision'))}: {number(_get(manifest, 'counts.generated'))} images in "
+        f"{number(generation.get('precision'))}: {number(manifest_get(manifest, 'counts.generated'))} images in "
         f"{number(generation.get('seconds'), 0)} s ({number(generation.get('images_per_second'), 2)} images/s)."
     )
 
@@ -422,9 +370,9 @@ def _example_prompt(rule: str) -> str:
 
 def _filter_summary(manifest: dict) -> str:
     metrics = manifest.get("metrics") or {}
-    if not metrics and not _get(manifest, "counts.passed"):
+    if not metrics and not manifest_get(manifest, "counts.passed"):
         return "The quality filter has not run for this version."
-    dice = metrics.get("dice_threshold") or _get(manifest, "recipe.filter.dice_threshold") or {}
+    dice = metrics.get("dice_threshold") or manifest_get(manifest, "recipe.filter.dice_threshold") or {}
     order = {"lv": 0, "myo": 1, "la": 2}
     ranked = sorted(dice.items(), key=lambda item: (order.get(item[0], 3), item[0]))
     dice_text = ", ".join(f"{k.upper()} {number(v, 2)}" for k, v in ranked) or "n/a"
@@ -433,14 +381,14 @@ def _filter_summary(manifest: dict) -> str:
         f"(Dice below {dice_text}; rows whose mask came from the segmenter are checked for anatomical "
         f"plausibility instead), when it is too similar to a real training image (copy similarity above "
         f"{number(metrics.get('copy_threshold'), 3)}), or when it is degenerate (NaN, constant, empty sector). "
-        f"Of {number(_get(manifest, 'counts.generated'))} generated rows, {number(_get(manifest, 'counts.passed'))} "
+        f"Of {number(manifest_get(manifest, 'counts.generated'))} generated rows, {number(manifest_get(manifest, 'counts.passed'))} "
         f"passed."
     )
 
 
 def _outcome_rows(manifest: dict) -> list[dict]:
-    rows = [{"outcome": "passed", "rows": number(_get(manifest, "counts.passed"))}]
-    for reason, count in sorted((_get(manifest, "counts.rejected") or {}).items()):
+    rows = [{"outcome": "passed", "rows": number(manifest_get(manifest, "counts.passed"))}]
+    for reason, count in sorted((manifest_get(manifest, "counts.rejected") or {}).items()):
         rows.append({"outcome": f"rejected: {cell(reason)}", "rows": number(count)})
     return rows
 
@@ -468,7 +416,7 @@ def _distance_rows(table: Any, reference: Any = None) -> list[dict]:
 
 
 def _attribute_fidelity(manifest: dict) -> str:
-    fidelity = _get(manifest, "metrics.attribute_fidelity")
+    fidelity = manifest_get(manifest, "metrics.attribute_fidelity")
     if not fidelity:
         return "Attribute classifiers have not been run for this version."
     return (
@@ -572,11 +520,11 @@ def card_context(manifest: dict) -> dict:
     from synthecho.prompts import RECTANGLE_MIN_FILL, ROUND_MAX_ASPECT, TRIANGLE_MIN_RATIO
 
     dataset = manifest.get("dataset") or {}
-    name = dataset.get("name") or _get(manifest, "recipe.name", "corpus")
-    version = dataset.get("version") or _get(manifest, "recipe.version", "0.0.0")
+    name = dataset.get("name") or manifest_get(manifest, "recipe.name", "corpus")
+    version = dataset.get("version") or manifest_get(manifest, "recipe.version", "0.0.0")
     license_id = dataset.get("license")
     publish = manifest.get("publish") or {}
-    repo_id = publish.get("repo_id") or _get(manifest, "recipe.publish.repo_id")
+    repo_id = publish.get("repo_id") or manifest_get(manifest, "recipe.publish.repo_id")
     rows = published_rows(manifest)
     metrics = manifest.get("metrics") or {}
     rule = article_rule(manifest)
@@ -612,7 +560,7 @@ def card_context(manifest: dict) -> dict:
         "article_rule": rule,
         "example_prompt": _example_prompt(rule),
         # publish puts the run's reports/generator_sample_grid.png beside the card as SAMPLE_GRID.
-        "sample_grid": SAMPLE_GRID if _get(manifest, "generator.train.sample_grid") else None,
+        "sample_grid": SAMPLE_GRID if manifest_get(manifest, "generator.train.sample_grid") else None,
         "shape": {
             "triangle": f"{TRIANGLE_MIN_RATIO:.0%}",
             "fill": f"{RECTANGLE_MIN_FILL:.0%}",
@@ -620,13 +568,13 @@ def card_context(manifest: dict) -> dict:
         },
         "columns": _columns(),
         "split_rows": _split_rows(manifest),
-        "prompts_per_row": prompts_per_row(),
-        "prompt_rows": number(sum(rows.values()) * prompts_per_row()),
+        "prompts_per_row": PROMPTS_PER_ROW,
+        "prompt_rows": number(sum(rows.values()) * PROMPTS_PER_ROW),
         "filter_summary": _filter_summary(manifest),
         "outcome_rows": _outcome_rows(manifest),
-        "feature_dims": number(_get(manifest, "recipe.filter.feature_dims", 64)),
-        "domain_rows": _distance_rows(metrics.get("domain"), _get(metrics, "real_reference.domain")),
-        "inception_rows": _distance_rows(metrics.get("inception"), _get(metrics, "real_reference.inception")),
+        "feature_dims": number(manifest_get(manifest, "recipe.filter.feature_dims", 64)),
+        "domain_rows": _distance_rows(metrics.get("domain"), manifest_get(metrics, "real_reference.domain")),
+        "inception_rows": _distance_rows(metrics.get("inception"), manifest_get(metrics, "real_reference.inception")),
         "inception_note": metrics.get("inception_note")
         or "Inception-feature metrics were not computed for this version.",
         "attribute_fidelity": _attribute_fidelity(manifest),
@@ -644,7 +592,7 @@ def card_context(manifest: dict) -> dict:
                 "sha256": short_hash(shard.get("sha256")),
                 "content_hash": short_hash(shard.get("content_hash")),
             }
-            for shard in _get(manifest, "shards.data", [])
+            for shard in manifest_get(manifest, "shards.data", [])
         ],
     }
 
@@ -680,47 +628,23 @@ def render_card(manifest: dict, template_path: Path = TEMPLATE_PATH) -> str:
     return text
 
 
-def _read_manifest(run_dir: Path) -> dict:
-    from synthecho.manifest import read_manifest
-
-    manifest = read_manifest(run_dir)
-    if not manifest:
-        raise SynthechoError(
-            f"{Path(run_dir) / 'manifest.json'} is missing or empty: run `synthecho build --recipe ...` (at least "
-            f"prepare) before rendering the card."
-        )
-    return manifest
-
-
-def _dataset_section(recipe) -> dict:
-    return {
-        "name": recipe.name,
-        "version": recipe.version,
-        "description": recipe.description.strip(),
-        "license": recipe.license,
-        "pretty_name": recipe.publish.pretty_name or recipe.name,
-    }
-
-
 def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
     """Stage `card`: refresh the manifest's dataset section from the recipe and write `<run>/README.md`.
 
     Rendering is cheap, so a "current" stage is still re-rendered when the README differs from what the
     manifest gives now (e.g. `evaluate` ran after the card): the README never lags its manifest.
     """
-    from synthecho.manifest import update_manifest
-
     run_dir = Path(run_dir)
     readme = run_dir / "README.md"
     if not force and is_current(recipe, run_dir, "card") and readme.is_file():
-        if readme.read_text(encoding="utf-8") == render_card(_read_manifest(run_dir)):
+        if readme.read_text(encoding="utf-8") == render_card(require_manifest(run_dir, "rendering the card")):
             return {"skipped": True, **read_marker(run_dir, "card")["info"]}
     started = time.time()
-    _read_manifest(run_dir)  # fails with a clear message before the manifest is touched
+    require_manifest(run_dir, "rendering the card")  # fails with a clear message before the manifest is touched
     # 1. The card stage reads name/version/description/license/publish from the recipe: refresh them.
     manifest = update_manifest(
         run_dir,
-        dataset=_dataset_section(recipe),
+        dataset=dataset_section(recipe),
         recipe=recipe.model_dump(mode="json"),
         recipe_sha256=recipe.content_hash(),
     )
@@ -768,8 +692,8 @@ def export_committed(run_dir: Path, repo_root: Path) -> tuple[Path, Path]:
     The card is rendered from the written manifest, so `check_cards` passes right after an export.
     """
     run_dir, repo_root = Path(run_dir), Path(repo_root)
-    manifest = portable_manifest(_read_manifest(run_dir), roots=(run_dir, repo_root))
-    name, version = _get(manifest, "dataset.name"), _get(manifest, "dataset.version")
+    manifest = portable_manifest(require_manifest(run_dir, "rendering the card"), roots=(run_dir, repo_root))
+    name, version = manifest_get(manifest, "dataset.name"), manifest_get(manifest, "dataset.version")
     if not name or not version:
         raise SynthechoError(f"{run_dir / 'manifest.json'} has no dataset.name/version: run prepare first.")
     manifest_path, card_path = committed_paths(repo_root, name, version)

@@ -1,6 +1,6 @@
 """Stage `publish`: lay the corpus out as the exact Hub dataset repo, in a folder or on the Hub.
 
-Layout (DESIGN §6), identical locally and on the Hub:
+Layout, identical locally and on the Hub:
 
     README.md                                   dataset card (synthecho.card.render_card)
     data/{split}-{i:05d}-of-{n:05d}.parquet      the filter's published shards, unchanged
@@ -20,39 +20,16 @@ import json
 import os
 import shutil
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
-from synthecho.card import (
-    PROMPTS_FILE,
-    SAMPLE_GRID,
-    _dataset_section,
-    _generator,
-    _get,
-    _source,
-    article_rule,
-    export_committed,
-    prompt_features,
-    render_card,
-    run_grid,
-)
+from synthecho.card import PROMPTS_FILE, SAMPLE_GRID, _generator, _source, export_committed, render_card
 from synthecho.errors import SynthechoError
 from synthecho.io import sha256_file, write_json_atomic
-from synthecho.schema import PHASES, QUALITIES, SEXES, VIEWS
+from synthecho.manifest import article_rule, dataset_section, manifest_get, run_grid
+from synthecho.prompts import prompts_table
 
 GENERATOR_TEMPLATE = Path(__file__).resolve().parents[1] / "cards" / "generator_template.md"
 PROMPT_ROW_GROUP = 4800  # 100 corpus rows x 48 prompts: the same rows per group as the data shards
-ATTRIBUTE_COLUMNS = (
-    "id",
-    "view",
-    "phase",
-    "sex",
-    "age",
-    "image_quality",
-    "shape_lv",
-    "shape_myo",
-    "shape_la",
-)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -63,7 +40,7 @@ ATTRIBUTE_COLUMNS = (
 def data_files(run_dir: Path, manifest: dict) -> list[Path]:
     """The run's published shards, checked against the manifest (names, sizes, sha256)."""
     run_dir = Path(run_dir)
-    recorded = {shard["path"]: shard for shard in _get(manifest, "shards.data", [])}
+    recorded = {shard["path"]: shard for shard in manifest_get(manifest, "shards.data", [])}
     if not recorded:
         raise SynthechoError(
             f"{run_dir / 'manifest.json'} lists no published shards (shards.data): run the filter stage "
@@ -86,54 +63,6 @@ def data_files(run_dir: Path, manifest: dict) -> list[Path]:
             )
         files.append(path)
     return files
-
-
-@lru_cache(maxsize=4096)
-def _prompt_texts(view, phase, sex, age, quality, shape_lv, shape_myo, shape_la, rule):
-    """The 48 prompts of one attribute combination (many rows share one: variants of a record)."""
-    from synthecho.prompts import Attributes, all_structure_prompts
-
-    attrs = Attributes(view=view, phase=phase, sex=sex, age=int(age), image_quality=quality)
-    shapes = {"lv": shape_lv, "myo": shape_myo, "la": shape_la}
-    return tuple(
-        (p["structure"], p["level"], p["phrasing"], p["text"])
-        for p in all_structure_prompts(attrs, shapes, article_rule=rule)
-    )
-
-
-def prompts_table(files: list[Path], rule: str = "an"):
-    """The `prompts` config as a pyarrow Table: one row per (corpus row, structure, level, phrasing)."""
-    import pyarrow.parquet as pq
-
-    from synthecho.schema import arrow_schema
-
-    # ClassLabel columns are stored as ints; the prompt words need the CAMUS spellings back.
-    names = {"view": VIEWS, "phase": PHASES, "sex": SEXES, "image_quality": QUALITIES}
-    columns = {name: [] for name in ("id", "structure", "level", "phrasing", "text")}
-    for path in files:
-        table = pq.read_table(path, columns=list(ATTRIBUTE_COLUMNS)).to_pydict()
-        for i, row_id in enumerate(table["id"]):
-            labels = {key: values[table[key][i]] for key, values in names.items()}
-            texts = _prompt_texts(
-                labels["view"],
-                labels["phase"],
-                labels["sex"],
-                table["age"][i],
-                labels["image_quality"],
-                table["shape_lv"][i],
-                table["shape_myo"][i],
-                table["shape_la"][i],
-                rule,
-            )
-            for structure, level, phrasing, text in texts:
-                columns["id"].append(row_id)
-                columns["structure"].append(structure)
-                columns["level"].append(level)
-                columns["phrasing"].append(phrasing)
-                columns["text"].append(text)
-    import pyarrow as pa
-
-    return pa.Table.from_pydict(columns, schema=arrow_schema(prompt_features()))
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -219,38 +148,39 @@ def render_generator_card(manifest: dict, dataset_repo_id: str, model_repo_id: s
     from huggingface_hub import ModelCard, ModelCardData
 
     generator = _generator(manifest)
-    base_model = _get(manifest, "generator.base_model")
+    base_model = manifest_get(manifest, "generator.base_model")
     data = ModelCardData(
-        license=_get(manifest, "dataset.license"),
+        license=manifest_get(manifest, "dataset.license"),
         datasets=[dataset_repo_id],
         base_model=base_model or None,
         tags=["echocardiography", "ultrasound", "medical", "synthetic", "diffusion", "synthecho"],
     )
-    version = _get(manifest, "dataset.version", "0.0.0")
+    version = manifest_get(manifest, "dataset.version", "0.0.0")
     template = jinja2.Environment(
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
     ).from_string(GENERATOR_TEMPLATE.read_text(encoding="utf-8"))
     text = template.render(
         card_data=data.to_yaml(),
-        pretty_name=_get(manifest, "dataset.pretty_name") or _get(manifest, "dataset.name", "synthecho"),
+        pretty_name=manifest_get(manifest, "dataset.pretty_name")
+        or manifest_get(manifest, "dataset.name", "synthecho"),
         dataset_repo_id=dataset_repo_id,
         model_repo_id=model_repo_id,
         version=version,
         revision=f"v{version}",
-        sha256=_get(manifest, "generator.sha256", "n/a"),
+        sha256=manifest_get(manifest, "generator.sha256", "n/a"),
         description=generator["description"],
         weights=generator["weights"],
-        kind=_get(manifest, "generator.kind", "sdm"),
-        sampler=_get(manifest, "generation.sampler", "dpmsolver++"),
-        steps=_get(manifest, "generation.steps", 20),
-        guidance_scale=_get(manifest, "generation.guidance_scale", 1.0),
+        kind=manifest_get(manifest, "generator.kind", "sdm"),
+        sampler=manifest_get(manifest, "generation.sampler", "dpmsolver++"),
+        steps=manifest_get(manifest, "generation.steps", 20),
+        guidance_scale=manifest_get(manifest, "generation.guidance_scale", 1.0),
         source_label=_source(manifest)["label"],
     )
     ModelCard(text)  # validates the YAML header as the Hub parses it
     return text
 
 
-def _generator_files(run_dir: Path) -> list[Path]:
+def generator_files(run_dir: Path) -> list[Path]:
     """Files of the generator folder that a sampler loads (resume checkpoints and hidden files excluded)."""
     folder = Path(run_dir) / "generator"
     if not folder.is_dir():
@@ -266,9 +196,9 @@ def _generator_files(run_dir: Path) -> list[Path]:
     )
 
 
-def _stage_generator(run_dir: Path, staging: Path, card: str) -> list[Path]:
+def stage_generator(run_dir: Path, staging: Path, card: str) -> list[Path]:
     folder = Path(run_dir) / "generator"
-    for path in _generator_files(run_dir):
+    for path in generator_files(run_dir):
         _link_or_copy(path, staging / path.relative_to(folder))
     (staging / "README.md").write_text(card, encoding="utf-8")
     return sorted(p for p in staging.rglob("*") if p.is_file())
@@ -357,7 +287,7 @@ def publish(
 
     # 2. What goes out: the manifest with the recipe's dataset section and the publish target (no commit:
     # it is only known after the upload, and the uploaded card must equal the one rendered later).
-    manifest = {**manifest, "dataset": _dataset_section(recipe)}
+    manifest = {**manifest, "dataset": dataset_section(recipe)}
     model_repo = generator_repo_id(repo_id) if with_generator else None
     if repo_id:
         target = {"repo_id": repo_id, "tag": tag, "url": f"https://huggingface.co/datasets/{repo_id}"}
@@ -376,7 +306,7 @@ def publish(
         if to is not None:
             calls.append(f"layout_repo -> {to}")
         if model_repo:
-            gen_files = _generator_files(run_dir)
+            gen_files = generator_files(run_dir)
             listing += [
                 (f"{model_repo}: {p.relative_to(run_dir / 'generator').as_posix()}", p.stat().st_size)
                 for p in gen_files
@@ -415,7 +345,7 @@ def publish(
         publish_section = dict(manifest["publish"])
         if model_repo:
             staging = Path(scratch) / "generator"
-            _stage_generator(run_dir, staging, render_generator_card(manifest, repo_id, model_repo))
+            stage_generator(run_dir, staging, render_generator_card(manifest, repo_id, model_repo))
             publish_section["generator_commit"] = _push(api, model_repo, "model", staging, version, private)
         # Stale shards of an earlier version (another shard count) must not match data/train-* any more.
         publish_section["commit"] = _push(

@@ -15,7 +15,7 @@ from huggingface_hub import DatasetCard
 
 from synthecho import card
 from synthecho.io import read_json, write_json_atomic
-from synthecho.schema import corpus_features
+from synthecho.schema import corpus_features, prompt_features
 
 
 @pytest.fixture()
@@ -44,7 +44,7 @@ def test_card_features_equal_the_parquet_metadata(run):
     for path in sorted((run_dir / "data").glob("*.parquet")):
         parquet_features = Features.from_arrow_schema(pq.read_schema(path))
         assert infos["default"].features == parquet_features == corpus_features()
-    assert infos["prompts"].features == card.prompt_features()
+    assert infos["prompts"].features == prompt_features()
 
 
 def test_header_has_licence_tasks_sizes_configs_and_split_counts(run):

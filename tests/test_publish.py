@@ -12,11 +12,11 @@ from huggingface_hub import CommitInfo, DatasetCard, HfApi, ModelCard
 from huggingface_hub.hf_api import GitRefInfo, GitRefs
 
 from synthecho import publish as pub
-from synthecho.card import prompt_features, render_card
+from synthecho.card import render_card
 from synthecho.errors import SynthechoError
 from synthecho.io import read_json, write_json_atomic
 from synthecho.prompts import Attributes, all_structure_prompts
-from synthecho.schema import corpus_features
+from synthecho.schema import corpus_features, prompt_features
 
 
 @pytest.fixture()

@@ -362,7 +362,7 @@ def test_filter_stage_end_to_end(phantom):
     assert 0 <= metrics["attribute_fidelity"]["view_agreement"] <= 1
     assert [entry["path"] for entry in manifest["shards"]["data"]] == [f"data/{name}" for name in data]
     # The prompts config publish will build from these shards: its size is known to the card already.
-    from synthecho.publish import prompts_table
+    from synthecho.prompts import prompts_table
 
     published_prompts = prompts_table([run_dir / "data" / name for name in data])
     assert manifest["shards"]["prompts"] == {
