@@ -9,7 +9,8 @@ explicit sentence, never as an error.
 The YAML header is built with huggingface_hub's `DatasetCardData` and the `datasets` library's own
 serialisers (`MetadataConfigs`, `DatasetInfosDict`), so `configs:` and `dataset_info.features` are in exactly
 the form `datasets` reads back; the features come from `synthecho.schema.corpus_features()`, the same object
-written into every Parquet file's metadata. The body is the Jinja2 template `cards/template.md`.
+written into every Parquet file's metadata. The body is the Jinja2 template
+`synthecho/templates/dataset_card.md`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,7 @@ from synthecho.manifest import (
 )
 from synthecho.prompts import PROMPTS_PER_ROW
 from synthecho.stages import is_current, mark_done, read_marker
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE_PATH = REPO_ROOT / "cards" / "template.md"
+from synthecho.templating import render
 
 TASK_CATEGORIES = ["image-segmentation", "text-to-image"]
 TAGS = ["echocardiography", "ultrasound", "medical", "synthetic", "cardiac", "diffusion"]
@@ -574,7 +573,9 @@ def card_context(manifest: dict) -> dict:
         "outcome_rows": _outcome_rows(manifest),
         "feature_dims": number(manifest_get(manifest, "recipe.filter.feature_dims", 64)),
         "domain_rows": _distance_rows(metrics.get("domain"), manifest_get(metrics, "real_reference.domain")),
-        "inception_rows": _distance_rows(metrics.get("inception"), manifest_get(metrics, "real_reference.inception")),
+        "inception_rows": _distance_rows(
+            metrics.get("inception"), manifest_get(metrics, "real_reference.inception")
+        ),
         "inception_note": metrics.get("inception_note")
         or "Inception-feature metrics were not computed for this version.",
         "attribute_fidelity": _attribute_fidelity(manifest),
@@ -602,27 +603,12 @@ def card_context(manifest: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _template(path: Path):
-    import jinja2
-
-    if not path.is_file():
-        raise SynthechoError(f"card template {path} is missing: it ships in the repository's cards/ folder.")
-    environment = jinja2.Environment(
-        undefined=jinja2.StrictUndefined,  # a misspelt variable is an error, not a silently empty cell
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    return environment.from_string(path.read_text(encoding="utf-8"))
-
-
-def render_card(manifest: dict, template_path: Path = TEMPLATE_PATH) -> str:
+def render_card(manifest: dict) -> str:
     """The dataset card (README.md text) of a manifest; the same manifest gives the same bytes."""
     from huggingface_hub import DatasetCard
 
     data = card_data(manifest)
-    text = _template(template_path).render(card_data=data.to_yaml(), **card_context(manifest))
+    text = render("dataset_card.md", card_data=data.to_yaml(), **card_context(manifest))
     text = re.sub(r"\n{3,}", "\n\n", text).rstrip("\n") + "\n"  # optional sections leave blank runs
     DatasetCard(text)  # parses the YAML header exactly as the Hub does; raises when it is malformed
     return text
@@ -640,7 +626,9 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
         if readme.read_text(encoding="utf-8") == render_card(require_manifest(run_dir, "rendering the card")):
             return {"skipped": True, **read_marker(run_dir, "card")["info"]}
     started = time.time()
-    require_manifest(run_dir, "rendering the card")  # fails with a clear message before the manifest is touched
+    require_manifest(
+        run_dir, "rendering the card"
+    )  # fails with a clear message before the manifest is touched
     # 1. The card stage reads name/version/description/license/publish from the recipe: refresh them.
     manifest = update_manifest(
         run_dir,

@@ -27,8 +27,8 @@ from synthecho.errors import SynthechoError
 from synthecho.io import sha256_file, write_json_atomic
 from synthecho.manifest import article_rule, dataset_section, manifest_get, run_grid
 from synthecho.prompts import prompts_table
+from synthecho.templating import render
 
-GENERATOR_TEMPLATE = Path(__file__).resolve().parents[1] / "cards" / "generator_template.md"
 PROMPT_ROW_GROUP = 4800  # 100 corpus rows x 48 prompts: the same rows per group as the data shards
 
 
@@ -144,7 +144,6 @@ def generator_repo_id(repo_id: str) -> str:
 
 def render_generator_card(manifest: dict, dataset_repo_id: str, model_repo_id: str) -> str:
     """Model card of the generator repo, linking back to the dataset."""
-    import jinja2
     from huggingface_hub import ModelCard, ModelCardData
 
     generator = _generator(manifest)
@@ -156,10 +155,8 @@ def render_generator_card(manifest: dict, dataset_repo_id: str, model_repo_id: s
         tags=["echocardiography", "ultrasound", "medical", "synthetic", "diffusion", "synthecho"],
     )
     version = manifest_get(manifest, "dataset.version", "0.0.0")
-    template = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
-    ).from_string(GENERATOR_TEMPLATE.read_text(encoding="utf-8"))
-    text = template.render(
+    text = render(
+        "model_card.md",
         card_data=data.to_yaml(),
         pretty_name=manifest_get(manifest, "dataset.pretty_name")
         or manifest_get(manifest, "dataset.name", "synthecho"),
