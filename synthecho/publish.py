@@ -22,7 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from synthecho.card import PROMPTS_FILE, SAMPLE_GRID, _generator, _source, export_committed, render_card
+from synthecho.card import PROMPTS_FILE, export_committed, render_card
+from synthecho.card_context import SAMPLE_GRID, generator_values, source_values
 from synthecho.errors import SynthechoError
 from synthecho.io import sha256_file, write_json_atomic
 from synthecho.manifest import article_rule, dataset_section, manifest_get, run_grid
@@ -146,7 +147,6 @@ def render_generator_card(manifest: dict, dataset_repo_id: str, model_repo_id: s
     """Model card of the generator repo, linking back to the dataset."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    generator = _generator(manifest)
     base_model = manifest_get(manifest, "generator.base_model")
     data = ModelCardData(
         license=manifest_get(manifest, "dataset.license"),
@@ -165,13 +165,12 @@ def render_generator_card(manifest: dict, dataset_repo_id: str, model_repo_id: s
         version=version,
         revision=f"v{version}",
         sha256=manifest_get(manifest, "generator.sha256", "n/a"),
-        description=generator["description"],
-        weights=generator["weights"],
+        generator=generator_values(manifest),
         kind=manifest_get(manifest, "generator.kind", "sdm"),
         sampler=manifest_get(manifest, "generation.sampler", "dpmsolver++"),
         steps=manifest_get(manifest, "generation.steps", 20),
         guidance_scale=manifest_get(manifest, "generation.guidance_scale", 1.0),
-        source_label=_source(manifest)["label"],
+        source=source_values(manifest),
     )
     ModelCard(text)  # validates the YAML header as the Hub parses it
     return text

@@ -1,8 +1,9 @@
 """The one Jinja2 environment of synthecho's documents, over the templates in `synthecho/templates/`.
 
 The templates are package data, found through the package (importlib), so an installed wheel renders the
-same cards as a checkout: `dataset_card.md` (the dataset card) and `model_card.md` (the generator's
-model card).
+same cards as a checkout: `dataset_card.md` (the dataset card), `model_card.md` (the generator's model
+card) and `common.md` (macros for the paragraphs that two documents share: the generator and source in
+both cards, the mask fidelity in the dataset card and reports/quality.md).
 """
 
 from __future__ import annotations
