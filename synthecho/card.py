@@ -9,116 +9,36 @@ explicit sentence, never as an error.
 The YAML header is built with huggingface_hub's `DatasetCardData` and the `datasets` library's own
 serialisers (`MetadataConfigs`, `DatasetInfosDict`), so `configs:` and `dataset_info.features` are in exactly
 the form `datasets` reads back; the features come from `synthecho.schema.corpus_features()`, the same object
-written into every Parquet file's metadata. The body is the Jinja2 template `cards/template.md`.
+written into every Parquet file's metadata. The body is the Jinja2 template
+`synthecho/templates/dataset_card.md`.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from synthecho.card_context import card_context, mask_fidelity_values
 from synthecho.errors import SynthechoError
 from synthecho.io import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE_PATH = REPO_ROOT / "cards" / "template.md"
+from synthecho.layout import hub
+from synthecho.manifest import (
+    PUBLISHED_SPLITS,
+    manifest_get,
+    published_bytes,
+    published_rows,
+    require_manifest,
+    run_grid,
+)
+from synthecho.prompts import PROMPTS_PER_ROW
+from synthecho.templating import macro, render
 
 TASK_CATEGORIES = ["image-segmentation", "text-to-image"]
 TAGS = ["echocardiography", "ultrasound", "medical", "synthetic", "cardiac", "diffusion"]
-PUBLISHED_SPLITS = ("train", "validation")
 NO_LICENSE = "unknown"  # Hub licence id used until the recipe sets `license` (publish refuses it)
 
-# Files of the published layout; `publish.layout_repo` writes them, the card's `configs:` points at them.
-PROMPTS_FILE = "prompts/prompts-00000-of-00001.parquet"
-DATA_PATTERN = "data/{split}-*"
-PROMPTS_PATTERN = "prompts/prompts-*"
-
-# What each published column means (the card's column table). A test checks every schema column has one.
-COLUMN_DOCS: dict[str, str] = {
-    "id": "`{dataset}/{split}/{index}`",
-    "index": "plan index of the row (gaps are rejected rows)",
-    "image": "synthetic frame",
-    "mask": "label map: 0 background, 1 LV cavity, 2 LV myocardium, 3 left atrium (CAMUS values)",
-    "prompt": "image-level prompt the generator saw (empty when it takes no text)",
-    "shape_lv": "shape word of the LV cavity, used in P7",
-    "shape_myo": "shape word of the myocardium (epicardial outline), used in P7",
-    "shape_la": "shape word of the left atrium, used in P7",
-    "view": "apical view",
-    "phase": "cardiac phase: end-diastole / end-systole",
-    "sex": "sex of the source patient",
-    "image_quality": "image quality of the source recording (CAMUS spelling)",
-    "age": "age of the source patient, years",
-    "generator": "generator kind (and variant)",
-    "generator_sha256": "sha256 of the generator weights",
-    "sampler": "diffusers scheduler used for sampling",
-    "steps": "sampling steps",
-    "guidance_scale": "classifier-free guidance scale (1 = none)",
-    "seed": "noise seed of this row (its initial noise depends on it alone)",
-    "batch_size": "sampling batch size",
-    "source_id": "release-prefixed id of the real record the row came from",
-    "source_patient": "patient of that record",
-    "source_split": "split of that record",
-    "variant": "perturbation variant number of that record's mask",
-    "mask_transform": "perturbation parameters of the conditioning mask",
-    "spacing_mm": "pixel spacing after resizing, mm",
-    "mask_source": "where the mask comes from: conditioning / generated / segmenter",
-    "dice_lv": "Dice between the filter segmenter's prediction and `mask`, LV cavity",
-    "dice_myo": "same, myocardium",
-    "dice_la": "same, left atrium",
-    "copy_similarity": "similarity to the closest real training image (memorisation check)",
-}
-
-CAMUS_BIAS = (
-    "CAMUS holds 500 patients from a single hospital (University Hospital of Saint-Étienne, France), "
-    "apical two- and four-chamber views at end-diastole and end-systole only, annotated by one cardiologist "
-    "on the full dataset. Its age, sex, pathology and image-quality mix, its scanner and its annotation "
-    "conventions are those of this corpus; generalisation to other centres, vendors, views or populations "
-    "is not established."
-)
-PHANTOM_BIAS = (
-    "This version is built from synthecho's phantom simulator, not from patients: its anatomy, speckle "
-    "and attributes follow hand-written simulation rules. It demonstrates the pipeline and is not a model "
-    "of any real population."
-)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Small formatting helpers (deterministic: the card must be byte-identical for the same manifest)
-# ----------------------------------------------------------------------------------------------------
-
-
-def _get(mapping: Any, dotted: str, default: Any = None) -> Any:
-    """`mapping["a"]["b"]` for "a.b", or `default` when any level is missing or None."""
-    node = mapping
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or node.get(part) is None:
-            return default
-        node = node[part]
-    return node
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return _cell(value)
-
-
-def _cell(value: Any) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(value).replace("|", "\\|").replace("\n", " ").strip()
-
-
-def _short(digest: Any) -> str:
-    return str(digest)[:12] if digest else "n/a"
 
 
 def size_category(rows: int) -> str:
@@ -131,69 +51,13 @@ def size_category(rows: int) -> str:
     return "n>1B"
 
 
-def prompt_features():
-    """Columns of the `prompts` config (long format, one row per prompt of a corpus row)."""
-    from datasets import Features, Value
-
-    return Features(
-        {
-            "id": Value("string"),
-            "structure": Value("string"),
-            "level": Value("int32"),
-            "phrasing": Value("string"),
-            "text": Value("string"),
-        }
-    )
-
-
-def prompts_per_row() -> int:
-    from synthecho.prompts import LEVELS, PHRASINGS, STRUCTURE_NAMES
-
-    return len(STRUCTURE_NAMES) * len(LEVELS) * len(PHRASINGS)
-
-
-SAMPLE_GRID = "sample_grid.png"  # beside the card, in cards/<name>/ and in the Hub repo
-
-
-def run_grid(run_dir: Path) -> Path:
-    """The generator's sample grid as `train` copied it into the run's reports."""
-    return Path(run_dir) / "reports" / "generator_sample_grid.png"
-
-
-def article_rule(manifest: dict) -> str:
-    """The prompt article rule of this corpus ("an" unless the recipe says otherwise)."""
-    return _get(manifest, "recipe.prompts.article_rule", "an")
-
-
-def published_rows(manifest: dict) -> dict[str, int]:
-    """Rows per published split, from the filter's `data` shards (counts.by_split as a fallback)."""
-    rows = {split: 0 for split in PUBLISHED_SPLITS}
-    shards = _get(manifest, "shards.data")
-    if shards:
-        for shard in shards:
-            if shard.get("split") in rows:
-                rows[shard["split"]] += int(shard.get("rows") or 0)
-    else:
-        for split in rows:
-            rows[split] = int(_get(manifest, f"counts.by_split.{split}.passed", 0))
-    return rows
-
-
-def published_bytes(manifest: dict) -> dict[str, int]:
-    sizes = {split: 0 for split in PUBLISHED_SPLITS}
-    for shard in _get(manifest, "shards.data", []):
-        if shard.get("split") in sizes:
-            sizes[shard["split"]] += int(shard.get("bytes") or 0)
-    return sizes
-
-
 # ----------------------------------------------------------------------------------------------------
 # YAML header
 # ----------------------------------------------------------------------------------------------------
 
 
 def _source_dataset(manifest: dict) -> str:
-    kind = _get(manifest, "source.kind", _get(manifest, "recipe.source.kind", "camus"))
+    kind = manifest_get(manifest, "source.kind", manifest_get(manifest, "recipe.source.kind", "camus"))
     return "synthecho phantom (simulated)" if kind == "phantom" else "CAMUS"
 
 
@@ -205,25 +69,25 @@ def card_data(manifest: dict):
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCardData
 
-    from synthecho.schema import corpus_features
+    from synthecho.schema import corpus_features, prompt_features
 
     rows = published_rows(manifest)
     sizes = published_bytes(manifest)
     splits = [split for split in PUBLISHED_SPLITS if rows[split] > 0]
     data = DatasetCardData(
-        license=_get(manifest, "dataset.license") or NO_LICENSE,
-        pretty_name=_get(manifest, "dataset.pretty_name")
-        or _get(manifest, "dataset.name", "synthecho corpus"),
+        license=manifest_get(manifest, "dataset.license") or NO_LICENSE,
+        pretty_name=manifest_get(manifest, "dataset.pretty_name")
+        or manifest_get(manifest, "dataset.name", "synthecho corpus"),
         task_categories=TASK_CATEGORIES,
         size_categories=[size_category(sum(rows.values()))],
         source_datasets=[_source_dataset(manifest)],
         tags=TAGS,
     )
     # A config may only list splits that have files: a pattern matching nothing fails load_dataset.
-    configs = {"prompts": {"data_files": [{"split": "train", "path": PROMPTS_PATTERN}]}}
+    configs = {"prompts": {"data_files": [{"split": "train", "path": hub.PROMPTS_PATTERN}]}}
     if splits:
         configs["default"] = {
-            "data_files": [{"split": s, "path": DATA_PATTERN.format(split=s)} for s in splits]
+            "data_files": [{"split": s, "path": hub.DATA_PATTERN.format(split=s)} for s in splits]
         }
     MetadataConfigs(configs).to_dataset_card_data(data)
 
@@ -233,9 +97,9 @@ def card_data(manifest: dict):
     for split in splits:
         corpus_splits.add(SplitInfo(name=split, num_bytes=sizes[split], num_examples=rows[split]))
     # The prompts config is built by publish; the filter stage measured its Arrow size (0 if unknown).
-    prompt_bytes = int(_get(manifest, "shards.prompts.arrow_bytes", 0) or 0)
+    prompt_bytes = int(manifest_get(manifest, "shards.prompts.arrow_bytes", 0) or 0)
     prompt_splits.add(
-        SplitInfo(name="train", num_bytes=prompt_bytes, num_examples=sum(rows.values()) * prompts_per_row())
+        SplitInfo(name="train", num_bytes=prompt_bytes, num_examples=sum(rows.values()) * PROMPTS_PER_ROW)
     )
     total = sum(sizes.values())
     infos = {"prompts": DatasetInfo(features=prompt_features(), splits=prompt_splits)}
@@ -248,488 +112,24 @@ def card_data(manifest: dict):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Body context: every value pre-formatted here, so the template is text and loops
-# ----------------------------------------------------------------------------------------------------
-
-
-def _feature_type(feature) -> str:
-    from datasets import ClassLabel, Image, Value
-
-    if isinstance(feature, Image):
-        return "Image (PNG)"
-    if isinstance(feature, ClassLabel):
-        return "ClassLabel (" + ", ".join(feature.names) + ")"
-    if isinstance(feature, Value):
-        return feature.dtype
-    if isinstance(feature, dict):
-        return "struct {" + ", ".join(f"{k}: {_feature_type(v)}" for k, v in feature.items()) + "}"
-    return type(feature).__name__
-
-
-def _columns() -> list[dict]:
-    from synthecho.schema import corpus_features
-
-    return [
-        {"name": name, "type": _feature_type(feature), "meaning": COLUMN_DOCS.get(name, "")}
-        for name, feature in corpus_features().items()
-    ]
-
-
-def _split_rows(manifest: dict) -> list[dict]:
-    published = published_rows(manifest)
-    rows = []
-    for split in PUBLISHED_SPLITS:
-        counts = _get(manifest, f"counts.by_split.{split}", {})
-        planned = counts.get("planned", _get(manifest, f"generation.rows_planned.{split}"))
-        rows.append(
-            {
-                "split": split,
-                "planned": _num(planned),
-                "passed": _num(published[split]),
-                "rejected": _num(counts.get("rejected")),
-            }
-        )
-    return rows
-
-
-def _source(manifest: dict) -> dict:
-    source = manifest.get("source") or {}
-    kind = source.get("kind", _get(manifest, "recipe.source.kind", "camus"))
-    name = source.get("name", kind)
-    release = source.get("release")
-    resolution = source.get("resolution", _get(manifest, "recipe.prepare.resolution"))
-    size = f"{resolution}×{resolution} px" if resolution else "the recipe resolution"
-    if kind == "phantom":
-        label = "synthecho phantom (simulated CAMUS-format data)"
-        description = (
-            f"Frames and masks from synthecho's built-in phantom (`{name}`), a simulator that writes apical "
-            f"2CH/4CH frames at ED and ES in the CAMUS {release or ''} layout with its label values, read by "
-            f"the same CAMUS reader and resized to {size}."
-        )
-        bias = PHANTOM_BIAS
-    else:
-        label = f"CAMUS ({release} release)" if release else "CAMUS"
-        description = (
-            f"The CAMUS dataset (Leclerc et al., IEEE TMI 2019){f', {release} release' if release else ''}: "
-            f"apical 2CH and 4CH frames at ED and ES with expert labels of the LV cavity, LV myocardium and left "
-            f"atrium, split by patient as the release defines, resized to {size}. Only training-split "
-            f"records condition the train split and validation records the validation split; the test split "
-            f"is never used for generation."
-        )
-        bias = CAMUS_BIAS
-    rows = []
-    for split in ("train", "validation", "test"):
-        records = _get(source, f"records.{split}")
-        patients = _get(source, f"patients.{split}")
-        if records is not None or patients is not None:
-            rows.append({"split": split, "records": _num(records), "patients": _num(patients)})
-    return {
-        "label": label,
-        "description": description,
-        "note": source.get("note") or "",
-        "rows": rows,
-        "bias": bias,
-        "file_list_sha256": _short(source.get("file_list_sha256")),
-    }
-
-
-def _perturbation(manifest: dict) -> str:
-    generate = _get(manifest, "recipe.generate", {})
-    p = generate.get("perturb") or {}
-    variants = _get(manifest, "generation.variants", generate.get("variants"))
-    if not p:
-        return "The recipe in the manifest does not record the mask perturbation."
-    scale = p.get("scale") or [None, None]
-    return (
-        f"Each real training or validation mask gives {_num(variants)} variants, as Echo from Noise did: a random "
-        f"affine transform (rotation up to ±{_num(p.get('degrees'), 1)}°, vertical shift up to "
-        f"±{_num(p.get('translate'), 3)} of the height, scale in [{_num(scale[0], 2)}, {_num(scale[1], 2)}], "
-        f"shear up to ±{_num(p.get('shear'), 1)}°) composed with a cubic B-spline elastic deformation "
-        f"({_num(p.get('elastic_control_points'))}×{_num(p.get('elastic_control_points'))} control points, "
-        f"borders locked, displacement up to {_num(p.get('elastic_max_displacement'), 3)} of the image side), "
-        f"sampled once with nearest-neighbour interpolation and clipped to the ultrasound sector of the real "
-        f"frame. The generator is conditioned on a 5-class map (outside sector, sector background, LV, "
-        f"myocardium, LA). Each row's parameters are in its `mask_transform` column."
-    )
-
-
-def _generator(manifest: dict) -> dict:
-    gen = manifest.get("generator") or {}
-    kind = gen.get("kind", _get(manifest, "recipe.generator.kind", "unknown"))
-    variant = gen.get("variant")
-    config = gen.get("config") or _get(manifest, "recipe.generator", {})
-    # generator.train holds the recipe's train section plus what training measured; older or partial
-    # manifests may only have the measurements, so the recipe fills the gaps.
-    train = {**_get(manifest, "recipe.train", {}), **(gen.get("train") or {})}
-    names = {
-        "sdm": "semantic diffusion model (pixel-space diffusion conditioned on the label map)",
-        "ddpm": "unconditional DDPM",
-        "sd": "text-guided latent diffusion (Stable Diffusion)",
-        "controlnet": "ControlNet on Stable Diffusion (text + label map)",
-    }
-    what = names.get(kind, kind)
-    summary = f"`{kind}`" + (f" ({variant})" if variant else "") + f", sha256 `{_short(gen.get('sha256'))}`"
-    architecture = ", ".join(
-        f"{key} {json.dumps(config[key])}"
-        for key in ("channels", "layers_per_block", "attention", "train_timesteps", "beta_schedule")
-        if key in config
-    )
-    description = (
-        f"`{kind}`{f' ({variant})' if variant else ''}: {what}"
-        + (f"; {architecture}" if architecture else "")
-        + f". Trained for {_num(train.get('steps'))} steps (batch {_num(train.get('batch_size'))}, "
-        f"learning rate {_num(train.get('learning_rate'), 6)}, EMA {_num(train.get('ema_decay'), 4)}, "
-        f"mixed precision {_num(train.get('mixed_precision'))}) in {_num(train.get('seconds'), 0)} s; "
-        f"final loss {_num(train.get('final_loss'), 4)}."
-    )
-    base_model, base_license = gen.get("base_model"), gen.get("base_license")
-    if base_model:
-        weights = f"Base weights: `{base_model}`, licence {base_license or 'not recorded'}."
-        if "openrail" in str(base_license).lower() or "stable-diffusion" in str(base_model).lower():
-            weights += (
-                " Stable Diffusion 1.5 weights carry the CreativeML OpenRAIL-M licence, whose use restrictions "
-                "forbid using the model or its derivatives to provide medical advice or medical results "
-                "interpretation; that restriction applies to the generator and its outputs."
-            )
-    else:
-        weights = (
-            "No pretrained image weights: the generator was trained from scratch on the source data, so no "
-            "base-model licence applies to the images."
-        )
-    text_encoder = config.get("text_encoder")
-    if text_encoder:
-        weights += f" Text encoder: `{text_encoder}`."
-    if kind in ("sd", "controlnet"):
-        prompt_use = "The `prompt` column is the image-level prompt the generator was conditioned on."
-    else:
-        prompt_use = (
-            "This generator takes no text, so the `prompt` column is empty; the attributes are in their own "
-            "columns and the per-structure prompts in the `prompts` config."
-        )
-    return {
-        "summary": summary,
-        "description": description,
-        "weights": weights,
-        "sha256": _short(gen.get("sha256")),
-        "prompt_use": prompt_use,
-    }
-
-
-def _sampling(manifest: dict) -> str:
-    generation = manifest.get("generation") or {}
-    recipe_generate = _get(manifest, "recipe.generate", {})
-    if not generation:
-        return "Generation has not run for this version."
-    return (
-        f"Sampler `{generation.get('sampler')}`, {_num(generation.get('steps'))} steps, guidance scale "
-        f"{_num(generation.get('guidance_scale'), 2)}, batch size {_num(generation.get('batch_size'))}, "
-        f"base seed {_num(generation.get('seed', recipe_generate.get('seed')))}, on {_num(generation.get('device'))} in "
-        f"{_num(generation.get('precision'))}: {_num(_get(manifest, 'counts.generated'))} images in "
-        f"{_num(generation.get('seconds'), 0)} s ({_num(generation.get('images_per_second'), 2)} images/s)."
-    )
-
-
-def _example_prompt(rule: str) -> str:
-    from synthecho.prompts import Attributes, structure_prompt
-
-    attrs = Attributes(view="2CH", phase="ED", sex="M", age=80, image_quality="Good")
-    return structure_prompt("lv", 7, "A", attrs, shape="oval", article_rule=rule)
-
-
-def _filter_summary(manifest: dict) -> str:
-    metrics = manifest.get("metrics") or {}
-    if not metrics and not _get(manifest, "counts.passed"):
-        return "The quality filter has not run for this version."
-    dice = metrics.get("dice_threshold") or _get(manifest, "recipe.filter.dice_threshold") or {}
-    order = {"lv": 0, "myo": 1, "la": 2}
-    ranked = sorted(dice.items(), key=lambda item: (order.get(item[0], 3), item[0]))
-    dice_text = ", ".join(f"{k.upper()} {_num(v, 2)}" for k, v in ranked) or "n/a"
-    return (
-        f"A row is rejected when the filter segmenter's prediction on the image disagrees with the row's mask "
-        f"(Dice below {dice_text}; rows whose mask came from the segmenter are checked for anatomical "
-        f"plausibility instead), when it is too similar to a real training image (copy similarity above "
-        f"{_num(metrics.get('copy_threshold'), 3)}), or when it is degenerate (NaN, constant, empty sector). "
-        f"Of {_num(_get(manifest, 'counts.generated'))} generated rows, {_num(_get(manifest, 'counts.passed'))} "
-        f"passed."
-    )
-
-
-def _outcome_rows(manifest: dict) -> list[dict]:
-    rows = [{"outcome": "passed", "rows": _num(_get(manifest, "counts.passed"))}]
-    for reason, count in sorted((_get(manifest, "counts.rejected") or {}).items()):
-        rows.append({"outcome": f"rejected: {_cell(reason)}", "rows": _num(count)})
-    return rows
-
-
-def _significant(value: float | None, digits: int = 2) -> str:
-    """Significant digits, not decimals: domain-feature KIDs are ~1e-4, Inception FIDs ~10-100."""
-    return "n/a" if value is None else f"{value:.{digits}g}"
-
-
-def _distance_rows(table: Any, reference: Any = None) -> list[dict]:
-    """Rows of a {split: {fid, kid_mean, kid_std, n_real, n_synthetic}} table (+ the real-vs-real scale)."""
-    rows = []
-
-    def row(label, values):
-        return {
-            "label": label,
-            "fid": _significant(values.get("fid"), 3),
-            "kid": f"{_significant(values.get('kid_mean'))} ± {_significant(values.get('kid_std'))}",
-            "n_real": _num(values.get("n_real")),
-            "n_synthetic": _num(values.get("n_synthetic")),
-        }
-
-    if isinstance(table, dict):
-        for split, values in sorted(table.items()):
-            if isinstance(values, dict):
-                rows.append(row(f"synthetic {split} vs real {split}", values))
-    if rows and isinstance(reference, dict):
-        rows.append(row("real train vs real validation (scale)", reference))
-    return rows
-
-
-def _attribute_fidelity(manifest: dict) -> str:
-    fidelity = _get(manifest, "metrics.attribute_fidelity")
-    if not fidelity:
-        return "Attribute classifiers have not been run for this version."
-    return (
-        f"View and phase classifiers trained on real frames agree with the rows' `view` on "
-        f"{_num(fidelity.get('view_agreement'), 3)} and with their `phase` on "
-        f"{_num(fidelity.get('phase_agreement'), 3)} of the published rows (does the image show what the prompt says?)."
-    )
-
-
-def mask_fidelity_sentence(fidelity: dict | None) -> str:
-    """The filter's `mask_fidelity` metric as a sentence (card and reports/quality.md)."""
-    if not fidelity:
-        return (
-            "Not measured: no row's mask was judged (masks drawn by the filter segmenter itself say nothing "
-            "about how well the generator follows a mask)."
-        )
-    dice, ceiling = fidelity["mean_dice"], fidelity["ceiling_dice"]
-    return (
-        f"The filter segmenter finds the rows' anatomy in the generated frames with mean Dice LV "
-        f"{_num(dice['lv'])}, myocardium {_num(dice['myo'])}, LA {_num(dice['la'])} (all "
-        f"{fidelity['rows']} judged rows, before filtering); on real {fidelity['ceiling_split']} frames "
-        f"it scores LV {_num(ceiling['lv'])}, myocardium {_num(ceiling['myo'])}, LA {_num(ceiling['la'])}, "
-        f"the ceiling for a generator that follows its masks exactly."
-    )
-
-
-def _mask_fidelity(manifest: dict) -> str:
-    if "mask_fidelity" not in (manifest.get("metrics") or {}):  # manifests older than the metric
-        return "Not recorded for this version."
-    return mask_fidelity_sentence(manifest["metrics"]["mask_fidelity"])
-
-
-def _segmenter_summary(manifest: dict) -> str:
-    seg = manifest.get("segmenter") or {}
-    dice = seg.get("validation_dice") or {}
-    if not seg:
-        return "No filter segmenter is recorded for this version."
-    return (
-        f"MONAI 2-D U-Net trained on the real train split for {_num(seg.get('steps'))} steps; Dice on real "
-        f"validation frames: LV {_num(dice.get('lv'))}, myocardium {_num(dice.get('myo'))}, LA "
-        f"{_num(dice.get('la'))} (mean {_num(dice.get('mean'))}). sha256 `{_short(seg.get('sha256'))}`."
-    )
-
-
-def _flatten(value: Any, prefix: str = "") -> list[dict]:
-    """Nested results -> [{key: "a / b / c", value}] rows, keys sorted (generic downstream table)."""
-    if isinstance(value, dict):
-        rows = []
-        for key in sorted(value, key=str):
-            rows += _flatten(value[key], f"{prefix} / {key}" if prefix else str(key))
-        return rows
-    if isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        return [{"key": _cell(prefix), "value": ", ".join(_num(v) for v in value)}]
-    return [{"key": _cell(prefix), "value": _num(value)}]
-
-
-STRATEGY_NAMES = {
-    "real": "real only",
-    "synthetic": "synthetic only",
-    "pretrain_finetune": "synthetic → real fine-tune",
-    "real_plus_synthetic": "real + synthetic",
-}
-# (task, metric keys shown, column titles); metrics are fractions rendered as percentages.
-DOWNSTREAM_COLUMNS = {
-    "segmentation": (
-        ("dice_lv_endo", "dice_lv_epi", "dice_la"),
-        ("LV endo Dice %", "LV epi Dice %", "LA Dice %"),
-    ),
-    "phase": (("accuracy", "f1"), ("ED/ES accuracy %", "ED/ES macro F1 %")),
-    "view": (("accuracy", "f1"), ("2CH/4CH accuracy %", "2CH/4CH macro F1 %")),
-}
-
-
-def _downstream_tables(downstream: dict) -> list[dict]:
-    """One table per (real-data cap, task): strategy rows, mean ± std over seeds of the headline metrics."""
-    tables = []
-    for cap_key in sorted(downstream.get("caps", {})):
-        cap = downstream["caps"][cap_key]
-        for task, (keys, titles) in DOWNSTREAM_COLUMNS.items():
-            strategies = cap.get("tasks", {}).get(task, {}).get("strategies", {})
-            rows = []
-            for name in downstream.get("strategies", list(strategies)):
-                if name not in strategies:
-                    continue
-                metrics = strategies[name]["metrics"]
-                cells = [
-                    f"{100 * metrics[k]['mean']:.1f} ± {100 * metrics[k]['std']:.1f}" if k in metrics else "–"
-                    for k in keys
-                ]
-                rows.append({"strategy": STRATEGY_NAMES.get(name, name), "cells": cells})
-            if rows:
-                title = f"{task}, {100 * float(cap.get('cap', 1.0)):.0f}% of real train patients"
-                tables.append({"title": title, "columns": titles, "rows": rows})
-    return tables
-
-
-def _environment(manifest: dict) -> dict:
-    env = manifest.get("environment") or {}
-    flat = {row["key"]: row["value"] for row in _flatten(env)}
-    shown = [f"{key} {value}" for key, value in flat.items() if key not in ("synthecho", "git_commit")]
-    return {
-        "synthecho": env.get("synthecho", "n/a"),
-        "git_commit": _short(env.get("git_commit")),
-        "line": "; ".join(shown) if shown else "not recorded",
-    }
-
-
-def card_context(manifest: dict) -> dict:
-    """Everything the template shows, formatted (a pure function of the manifest)."""
-    from synthecho.prompts import RECTANGLE_MIN_FILL, ROUND_MAX_ASPECT, TRIANGLE_MIN_RATIO
-
-    dataset = manifest.get("dataset") or {}
-    name = dataset.get("name") or _get(manifest, "recipe.name", "corpus")
-    version = dataset.get("version") or _get(manifest, "recipe.version", "0.0.0")
-    license_id = dataset.get("license")
-    publish = manifest.get("publish") or {}
-    repo_id = publish.get("repo_id") or _get(manifest, "recipe.publish.repo_id")
-    rows = published_rows(manifest)
-    metrics = manifest.get("metrics") or {}
-    rule = article_rule(manifest)
-    downstream = manifest.get("downstream")
-
-    if license_id:
-        license_line = (
-            f"`{license_id}` for the synthetic images, masks and prompts, which derive from the source "
-            f"annotations (CAMUS is distributed for research use; cite it)."
-        )
-    else:
-        license_line = "not set: `synthecho publish` refuses until the recipe key `license` is set."
-
-    return {
-        "pretty_name": dataset.get("pretty_name") or name,
-        "name": name,
-        "description": (dataset.get("description") or "").strip()
-        or f"Synthetic echocardiography corpus `{name}`.",
-        "version": version,
-        "revision": f"v{version}",
-        "repo_id": repo_id,
-        "load_id": repo_id or f"ORG/{name}",
-        "generator_repo_id": publish.get("generator_repo_id"),
-        "license_line": license_line,
-        "rows_summary": ", ".join(f"{split} {_num(n)}" for split, n in rows.items()),
-        "split_names": ", ".join(split for split, n in rows.items() if n > 0) or "no published rows",
-        "recipe_sha256": _short(manifest.get("recipe_sha256")),
-        "environment": _environment(manifest),
-        "source": _source(manifest),
-        "generator": _generator(manifest),
-        "perturbation": _perturbation(manifest),
-        "sampling": _sampling(manifest),
-        "article_rule": rule,
-        "example_prompt": _example_prompt(rule),
-        # publish puts the run's reports/generator_sample_grid.png beside the card as SAMPLE_GRID.
-        "sample_grid": SAMPLE_GRID if _get(manifest, "generator.train.sample_grid") else None,
-        "shape": {
-            "triangle": f"{TRIANGLE_MIN_RATIO:.0%}",
-            "fill": f"{RECTANGLE_MIN_FILL:.0%}",
-            "aspect": f"{ROUND_MAX_ASPECT:g}",
-        },
-        "columns": _columns(),
-        "split_rows": _split_rows(manifest),
-        "prompts_per_row": prompts_per_row(),
-        "prompt_rows": _num(sum(rows.values()) * prompts_per_row()),
-        "filter_summary": _filter_summary(manifest),
-        "outcome_rows": _outcome_rows(manifest),
-        "feature_dims": _num(_get(manifest, "recipe.filter.feature_dims", 64)),
-        "domain_rows": _distance_rows(metrics.get("domain"), _get(metrics, "real_reference.domain")),
-        "inception_rows": _distance_rows(metrics.get("inception"), _get(metrics, "real_reference.inception")),
-        "inception_note": metrics.get("inception_note")
-        or "Inception-feature metrics were not computed for this version.",
-        "attribute_fidelity": _attribute_fidelity(manifest),
-        "mask_fidelity": _mask_fidelity(manifest),
-        "segmenter_summary": _segmenter_summary(manifest),
-        "downstream_intro": (
-            "Models trained by `synthecho evaluate` and tested on the real test split; mean ± std over "
-            "seeds (per-seed values, HD95 and paired Wilcoxon p-values are in `manifest.json`)."
-        ),
-        "downstream_tables": _downstream_tables(downstream) if downstream else [],
-        "shards": [
-            {
-                "path": shard.get("path"),
-                "rows": _num(shard.get("rows")),
-                "sha256": _short(shard.get("sha256")),
-                "content_hash": _short(shard.get("content_hash")),
-            }
-            for shard in _get(manifest, "shards.data", [])
-        ],
-    }
-
-
-# ----------------------------------------------------------------------------------------------------
 # Rendering, the stage, committed copies and the CI check
 # ----------------------------------------------------------------------------------------------------
 
 
-def _template(path: Path):
-    import jinja2
-
-    if not path.is_file():
-        raise SynthechoError(f"card template {path} is missing: it ships in the repository's cards/ folder.")
-    environment = jinja2.Environment(
-        undefined=jinja2.StrictUndefined,  # a misspelt variable is an error, not a silently empty cell
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    return environment.from_string(path.read_text(encoding="utf-8"))
-
-
-def render_card(manifest: dict, template_path: Path = TEMPLATE_PATH) -> str:
+def render_card(manifest: dict) -> str:
     """The dataset card (README.md text) of a manifest; the same manifest gives the same bytes."""
     from huggingface_hub import DatasetCard
 
     data = card_data(manifest)
-    text = _template(template_path).render(card_data=data.to_yaml(), **card_context(manifest))
+    text = render("dataset_card.md", card_data=data.to_yaml(), **card_context(manifest))
     text = re.sub(r"\n{3,}", "\n\n", text).rstrip("\n") + "\n"  # optional sections leave blank runs
     DatasetCard(text)  # parses the YAML header exactly as the Hub does; raises when it is malformed
     return text
 
 
-def _read_manifest(run_dir: Path) -> dict:
-    from synthecho.manifest import read_manifest
-
-    manifest = read_manifest(run_dir)
-    if not manifest:
-        raise SynthechoError(
-            f"{Path(run_dir) / 'manifest.json'} is missing or empty: run `synthecho build --recipe ...` (at least "
-            f"prepare) before rendering the card."
-        )
-    return manifest
-
-
-def _dataset_section(recipe) -> dict:
-    return {
-        "name": recipe.name,
-        "version": recipe.version,
-        "description": recipe.description.strip(),
-        "license": recipe.license,
-        "pretty_name": recipe.publish.pretty_name or recipe.name,
-    }
+def mask_fidelity_sentence(fidelity: dict | None) -> str:
+    """The filter's `mask_fidelity` metric as a sentence (the card and reports/quality.md say the same)."""
+    return macro("common.md", "mask_fidelity")(mask_fidelity_values(fidelity))
 
 
 # Absolute paths are machine-specific: the committed manifest must compare across machines.
@@ -765,8 +165,8 @@ def export_committed(run_dir: Path, repo_root: Path) -> tuple[Path, Path]:
     The card is rendered from the written manifest, so `check_cards` passes right after an export.
     """
     run_dir, repo_root = Path(run_dir), Path(repo_root)
-    manifest = portable_manifest(_read_manifest(run_dir), roots=(run_dir, repo_root))
-    name, version = _get(manifest, "dataset.name"), _get(manifest, "dataset.version")
+    manifest = portable_manifest(require_manifest(run_dir, "rendering the card"), roots=(run_dir, repo_root))
+    name, version = manifest_get(manifest, "dataset.name"), manifest_get(manifest, "dataset.version")
     if not name or not version:
         raise SynthechoError(f"{run_dir / 'manifest.json'} has no dataset.name/version: run prepare first.")
     manifest_path, card_path = committed_paths(repo_root, name, version)
@@ -776,7 +176,7 @@ def export_committed(run_dir: Path, repo_root: Path) -> tuple[Path, Path]:
     # The sample grid travels with the card (the card shows it; the README shows the demo's).
     grid = run_grid(run_dir)
     if grid.is_file():
-        write_bytes_atomic(card_path.parent / SAMPLE_GRID, grid.read_bytes())
+        write_bytes_atomic(card_path.parent / hub.SAMPLE_GRID, grid.read_bytes())
     return manifest_path, card_path
 
 

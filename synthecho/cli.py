@@ -200,14 +200,15 @@ def publish(
     dry_run: Annotated[bool, typer.Option(help="print what would be uploaded, change nothing")] = False,
 ):
     """Publish the filtered corpus (card, data/, prompts config, manifest) to a folder or the Hub."""
-    from synthecho import publish as stage
+    from synthecho.stages import run_stage
 
     loaded, folder = _load(recipe, set, run_dir)
     if to is None and repo_id is None and loaded.publish.repo_id is None:
         raise SynthechoError(
             "say where to publish: --to DIR, --repo-id ORG/NAME, or publish.repo_id in the recipe"
         )
-    result = stage.publish(
+    result = run_stage(
+        "publish",
         loaded,
         folder,
         to=to,

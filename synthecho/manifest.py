@@ -1,9 +1,9 @@
 """The run manifest (`<run>/manifest.json`): provenance and results, one top-level section per stage.
 
-Each stage updates only its own sections (see notes in DESIGN §7): the recipe and environment, the
-source, generator and segmenter hashes, every shard with its file and content hash, counts, metrics,
-downstream results and timings. Paths inside are relative to the run dir, because the manifest is
-committed and compared across machines. The card is rendered from this file alone.
+Each stage updates only its own sections: the recipe and environment, the source, generator and
+segmenter hashes, every shard with its file and content hash, counts, metrics, downstream results and
+timings. Paths inside are relative to the run dir, because the manifest is committed and compared across
+machines. The card is rendered from this file alone; the accessors at the end read what it shows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from synthecho.errors import SynthechoError
 from synthecho.io import read_json, write_json_atomic
+from synthecho.layout import RunLayout
 
 MANIFEST_NAME = "manifest.json"
 VERSIONED_PACKAGES = (
@@ -174,8 +176,34 @@ def recipe_sections(recipe) -> dict:
     return {"recipe": recipe.model_dump(mode="json"), "recipe_sha256": recipe.content_hash()}
 
 
+# --- accessors: what the card and publish read from a manifest ---------------------------------------
+
+PUBLISHED_SPLITS = ("train", "validation")
+
+
+def require_manifest(run_dir: str | os.PathLike, before: str) -> dict:
+    """The run's manifest, or an error saying which stages must run `before` the caller can."""
+    manifest = read_manifest(run_dir)
+    if not manifest:
+        raise SynthechoError(
+            f"{manifest_path(run_dir)} is missing or empty: run `synthecho build --recipe ...` (at least "
+            f"prepare) before {before}."
+        )
+    return manifest
+
+
+def manifest_get(mapping: Any, dotted: str, default: Any = None) -> Any:
+    """`mapping["a"]["b"]` for "a.b", or `default` when any level is missing or None."""
+    node = mapping
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or node.get(part) is None:
+            return default
+        node = node[part]
+    return node
+
+
 def dataset_section(recipe) -> dict:
-    """The manifest's "dataset" section (what the card names and licenses), from the recipe."""
+    """The manifest's "dataset" section, from the recipe (the card and publish refresh it)."""
     return {
         "name": recipe.name,
         "version": recipe.version,
@@ -183,3 +211,36 @@ def dataset_section(recipe) -> dict:
         "license": recipe.license,
         "pretty_name": recipe.publish.pretty_name or recipe.name,
     }
+
+
+def run_grid(run_dir: str | os.PathLike) -> Path:
+    """The generator's sample grid as `train` copied it into the run's reports."""
+    return RunLayout.of(run_dir).generator_grid
+
+
+def article_rule(manifest: dict) -> str:
+    """The prompt article rule of this corpus ("an" unless the recipe says otherwise)."""
+    return manifest_get(manifest, "recipe.prompts.article_rule", "an")
+
+
+def published_rows(manifest: dict) -> dict[str, int]:
+    """Rows per published split, from the filter's `data` shards (counts.by_split as a fallback)."""
+    rows = {split: 0 for split in PUBLISHED_SPLITS}
+    shards = manifest_get(manifest, "shards.data")
+    if shards:
+        for shard in shards:
+            if shard.get("split") in rows:
+                rows[shard["split"]] += int(shard.get("rows") or 0)
+    else:
+        for split in rows:
+            rows[split] = int(manifest_get(manifest, f"counts.by_split.{split}.passed", 0))
+    return rows
+
+
+def published_bytes(manifest: dict) -> dict[str, int]:
+    """Parquet bytes per published split, from the filter's `data` shards."""
+    sizes = {split: 0 for split in PUBLISHED_SPLITS}
+    for shard in manifest_get(manifest, "shards.data", []):
+        if shard.get("split") in sizes:
+            sizes[shard["split"]] += int(shard.get("bytes") or 0)
+    return sizes

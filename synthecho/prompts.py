@@ -23,13 +23,16 @@ Two deliberate differences from the originals, both stated in the dataset card:
 2. Shape. The original shape word is the free-text answer of a VQA model that is not public. synthecho
    computes it from the mask geometry, deterministically: see `shape_word`.
 
-Generators are conditioned on `image_prompt`: the same attributes without a structure.
+Generators are conditioned on `image_prompt`: the same attributes without a structure. `prompts_table`
+builds the published `prompts` config: every per-structure prompt of every row of a corpus.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -183,6 +186,70 @@ def image_prompt(attrs: Attributes, article_rule: str = "an", phrasing: str = "A
     # The level-6 clauses start "in two-chamber view ..."; drop "in " and capitalise the view word.
     clauses = _attribute_clauses(6, phrasing, attrs, article_rule).removeprefix("in ")
     return clauses[0].upper() + clauses[1:] + "."
+
+
+# ----------------------------------------------------------------------------------------------------
+# The `prompts` config of a published corpus
+# ----------------------------------------------------------------------------------------------------
+
+PROMPTS_PER_ROW = len(STRUCTURE_NAMES) * len(LEVELS) * len(PHRASINGS)
+# Columns of a published shard that the prompts of its rows are made from.
+ATTRIBUTE_COLUMNS = (
+    "id",
+    "view",
+    "phase",
+    "sex",
+    "age",
+    "image_quality",
+    "shape_lv",
+    "shape_myo",
+    "shape_la",
+)
+
+
+@lru_cache(maxsize=4096)
+def _prompt_texts(view, phase, sex, age, quality, shape_lv, shape_myo, shape_la, rule):
+    """The 48 prompts of one attribute combination (many rows share one: variants of a record)."""
+    attrs = Attributes(view=view, phase=phase, sex=sex, age=int(age), image_quality=quality)
+    shapes = {"lv": shape_lv, "myo": shape_myo, "la": shape_la}
+    return tuple(
+        (p["structure"], p["level"], p["phrasing"], p["text"])
+        for p in all_structure_prompts(attrs, shapes, article_rule=rule)
+    )
+
+
+def prompts_table(files: list[Path], rule: str = "an"):
+    """The `prompts` config as a pyarrow Table: one row per (corpus row, structure, level, phrasing)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synthecho.schema import PHASES, QUALITIES, SEXES, VIEWS, arrow_schema, prompt_features
+
+    # ClassLabel columns are stored as ints; the prompt words need the CAMUS spellings back.
+    names = {"view": VIEWS, "phase": PHASES, "sex": SEXES, "image_quality": QUALITIES}
+    columns = {name: [] for name in ("id", "structure", "level", "phrasing", "text")}
+    for path in files:
+        table = pq.read_table(path, columns=list(ATTRIBUTE_COLUMNS)).to_pydict()
+        for i, row_id in enumerate(table["id"]):
+            labels = {key: values[table[key][i]] for key, values in names.items()}
+            texts = _prompt_texts(
+                labels["view"],
+                labels["phase"],
+                labels["sex"],
+                table["age"][i],
+                labels["image_quality"],
+                table["shape_lv"][i],
+                table["shape_myo"][i],
+                table["shape_la"][i],
+                rule,
+            )
+            for structure, level, phrasing, text in texts:
+                columns["id"].append(row_id)
+                columns["structure"].append(structure)
+                columns["level"].append(level)
+                columns["phrasing"].append(phrasing)
+                columns["text"].append(text)
+    return pa.Table.from_pydict(columns, schema=arrow_schema(prompt_features()))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,59 +1,30 @@
-"""Stage `publish`: lay the corpus out as the exact Hub dataset repo, in a folder or on the Hub.
+"""The published layout: a run laid out as its exact Hub dataset repository, and the generator's model repo.
 
-Layout (DESIGN §6), identical locally and on the Hub:
+Layout (`synthecho.layout.hub`), identical locally and on the Hub:
 
     README.md                                   dataset card (synthecho.card.render_card)
     data/{split}-{i:05d}-of-{n:05d}.parquet      the filter's published shards, unchanged
     prompts/prompts-00000-of-00001.parquet      `prompts` config: every P0-P7 prompt of every row
     manifest.json                               the run manifest, with the publish target filled in
 
-`--repo-id` pushes that folder with `HfApi`: create_repo -> upload_folder (one commit, stale data files
-deleted in the same commit) -> create_tag v{version} on that commit, then records {repo_id, tag, commit,
-url} in the manifest's "publish" section. The token comes from HF_TOKEN or the login cache (HfApi finds
-it); synthecho never reads or stores it. `--with-generator` first pushes the generator folder with a
-model card as `<repo_id>-generator`, and the two cards link to each other.
+The stage `synthecho.stages.publish` writes it into a folder and/or pushes it to the Hub.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
-from synthecho.card import (
-    PROMPTS_FILE,
-    SAMPLE_GRID,
-    _dataset_section,
-    _generator,
-    _get,
-    _source,
-    article_rule,
-    export_committed,
-    prompt_features,
-    render_card,
-    run_grid,
-)
+from synthecho.card import render_card
+from synthecho.card_context import generator_values, source_values
 from synthecho.errors import SynthechoError
 from synthecho.io import sha256_file, write_json_atomic
-from synthecho.schema import PHASES, QUALITIES, SEXES, VIEWS
-
-GENERATOR_TEMPLATE = Path(__file__).resolve().parents[1] / "cards" / "generator_template.md"
-PROMPT_ROW_GROUP = 4800  # 100 corpus rows x 48 prompts: the same rows per group as the data shards
-ATTRIBUTE_COLUMNS = (
-    "id",
-    "view",
-    "phase",
-    "sex",
-    "age",
-    "image_quality",
-    "shape_lv",
-    "shape_myo",
-    "shape_la",
-)
-
+from synthecho.layout import hub
+from synthecho.manifest import article_rule, manifest_get, run_grid
+from synthecho.prompts import prompts_table
+from synthecho.templating import render
 
 # ----------------------------------------------------------------------------------------------------
 # The local layout
@@ -63,7 +34,7 @@ ATTRIBUTE_COLUMNS = (
 def data_files(run_dir: Path, manifest: dict) -> list[Path]:
     """The run's published shards, checked against the manifest (names, sizes, sha256)."""
     run_dir = Path(run_dir)
-    recorded = {shard["path"]: shard for shard in _get(manifest, "shards.data", [])}
+    recorded = {shard["path"]: shard for shard in manifest_get(manifest, "shards.data", [])}
     if not recorded:
         raise SynthechoError(
             f"{run_dir / 'manifest.json'} lists no published shards (shards.data): run the filter stage "
@@ -86,54 +57,6 @@ def data_files(run_dir: Path, manifest: dict) -> list[Path]:
             )
         files.append(path)
     return files
-
-
-@lru_cache(maxsize=4096)
-def _prompt_texts(view, phase, sex, age, quality, shape_lv, shape_myo, shape_la, rule):
-    """The 48 prompts of one attribute combination (many rows share one: variants of a record)."""
-    from synthecho.prompts import Attributes, all_structure_prompts
-
-    attrs = Attributes(view=view, phase=phase, sex=sex, age=int(age), image_quality=quality)
-    shapes = {"lv": shape_lv, "myo": shape_myo, "la": shape_la}
-    return tuple(
-        (p["structure"], p["level"], p["phrasing"], p["text"])
-        for p in all_structure_prompts(attrs, shapes, article_rule=rule)
-    )
-
-
-def prompts_table(files: list[Path], rule: str = "an"):
-    """The `prompts` config as a pyarrow Table: one row per (corpus row, structure, level, phrasing)."""
-    import pyarrow.parquet as pq
-
-    from synthecho.schema import arrow_schema
-
-    # ClassLabel columns are stored as ints; the prompt words need the CAMUS spellings back.
-    names = {"view": VIEWS, "phase": PHASES, "sex": SEXES, "image_quality": QUALITIES}
-    columns = {name: [] for name in ("id", "structure", "level", "phrasing", "text")}
-    for path in files:
-        table = pq.read_table(path, columns=list(ATTRIBUTE_COLUMNS)).to_pydict()
-        for i, row_id in enumerate(table["id"]):
-            labels = {key: values[table[key][i]] for key, values in names.items()}
-            texts = _prompt_texts(
-                labels["view"],
-                labels["phase"],
-                labels["sex"],
-                table["age"][i],
-                labels["image_quality"],
-                table["shape_lv"][i],
-                table["shape_myo"][i],
-                table["shape_la"][i],
-                rule,
-            )
-            for structure, level, phrasing, text in texts:
-                columns["id"].append(row_id)
-                columns["structure"].append(structure)
-                columns["level"].append(level)
-                columns["phrasing"].append(phrasing)
-                columns["text"].append(text)
-    import pyarrow as pa
-
-    return pa.Table.from_pydict(columns, schema=arrow_schema(prompt_features()))
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -185,17 +108,17 @@ def layout_repo(run_dir: Path, out_dir: Path, *, manifest: dict | None = None) -
         write_json_atomic(staging / "manifest.json", manifest)
         grid = run_grid(run_dir)
         if grid.is_file():  # the card shows it
-            _link_or_copy(grid, staging / SAMPLE_GRID)
+            _link_or_copy(grid, staging / hub.SAMPLE_GRID)
         # 2. Data shards, unchanged (their sha256 is in the manifest and the card).
         for path in files:
             _link_or_copy(path, staging / "data" / path.name)
         # 3. The prompts config.
         import pyarrow.parquet as pq
 
-        prompts_path = staging / PROMPTS_FILE
+        prompts_path = staging / hub.PROMPTS_FILE
         prompts_path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(
-            prompts_table(files, article_rule(manifest)), prompts_path, row_group_size=PROMPT_ROW_GROUP
+            prompts_table(files, article_rule(manifest)), prompts_path, row_group_size=hub.PROMPT_ROW_GROUP
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -215,42 +138,38 @@ def generator_repo_id(repo_id: str) -> str:
 
 def render_generator_card(manifest: dict, dataset_repo_id: str, model_repo_id: str) -> str:
     """Model card of the generator repo, linking back to the dataset."""
-    import jinja2
     from huggingface_hub import ModelCard, ModelCardData
 
-    generator = _generator(manifest)
-    base_model = _get(manifest, "generator.base_model")
+    base_model = manifest_get(manifest, "generator.base_model")
     data = ModelCardData(
-        license=_get(manifest, "dataset.license"),
+        license=manifest_get(manifest, "dataset.license"),
         datasets=[dataset_repo_id],
         base_model=base_model or None,
         tags=["echocardiography", "ultrasound", "medical", "synthetic", "diffusion", "synthecho"],
     )
-    version = _get(manifest, "dataset.version", "0.0.0")
-    template = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
-    ).from_string(GENERATOR_TEMPLATE.read_text(encoding="utf-8"))
-    text = template.render(
+    version = manifest_get(manifest, "dataset.version", "0.0.0")
+    text = render(
+        "model_card.md",
         card_data=data.to_yaml(),
-        pretty_name=_get(manifest, "dataset.pretty_name") or _get(manifest, "dataset.name", "synthecho"),
+        pretty_name=manifest_get(manifest, "dataset.pretty_name")
+        or manifest_get(manifest, "dataset.name", "synthecho"),
         dataset_repo_id=dataset_repo_id,
         model_repo_id=model_repo_id,
         version=version,
         revision=f"v{version}",
-        sha256=_get(manifest, "generator.sha256", "n/a"),
-        description=generator["description"],
-        weights=generator["weights"],
-        kind=_get(manifest, "generator.kind", "sdm"),
-        sampler=_get(manifest, "generation.sampler", "dpmsolver++"),
-        steps=_get(manifest, "generation.steps", 20),
-        guidance_scale=_get(manifest, "generation.guidance_scale", 1.0),
-        source_label=_source(manifest)["label"],
+        sha256=manifest_get(manifest, "generator.sha256", "n/a"),
+        generator=generator_values(manifest),
+        kind=manifest_get(manifest, "generator.kind", "sdm"),
+        sampler=manifest_get(manifest, "generation.sampler", "dpmsolver++"),
+        steps=manifest_get(manifest, "generation.steps", 20),
+        guidance_scale=manifest_get(manifest, "generation.guidance_scale", 1.0),
+        source=source_values(manifest),
     )
     ModelCard(text)  # validates the YAML header as the Hub parses it
     return text
 
 
-def _generator_files(run_dir: Path) -> list[Path]:
+def generator_files(run_dir: Path) -> list[Path]:
     """Files of the generator folder that a sampler loads (resume checkpoints and hidden files excluded)."""
     folder = Path(run_dir) / "generator"
     if not folder.is_dir():
@@ -266,165 +185,9 @@ def _generator_files(run_dir: Path) -> list[Path]:
     )
 
 
-def _stage_generator(run_dir: Path, staging: Path, card: str) -> list[Path]:
+def stage_generator(run_dir: Path, staging: Path, card: str) -> list[Path]:
     folder = Path(run_dir) / "generator"
-    for path in _generator_files(run_dir):
+    for path in generator_files(run_dir):
         _link_or_copy(path, staging / path.relative_to(folder))
     (staging / "README.md").write_text(card, encoding="utf-8")
     return sorted(p for p in staging.rglob("*") if p.is_file())
-
-
-# ----------------------------------------------------------------------------------------------------
-# publish
-# ----------------------------------------------------------------------------------------------------
-
-
-def _push(
-    api, repo_id: str, repo_type: str, folder: Path, version: str, private: bool, delete_patterns=None
-) -> str:
-    """create_repo -> upload_folder (one commit) -> create_tag v{version} on that commit; returns the oid."""
-    tag = f"v{version}"
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    # A version tag is immutable: refuse before uploading anything rather than fail after the commit.
-    existing = {ref.name for ref in getattr(api.list_repo_refs(repo_id, repo_type=repo_type), "tags", [])}
-    if tag in existing:
-        raise SynthechoError(
-            f"{repo_type} repo {repo_id} already has tag {tag}: bump the recipe key `version` to publish a "
-            f"new version (published versions are never overwritten)."
-        )
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        repo_type=repo_type,
-        folder_path=str(folder),
-        commit_message=f"synthecho {version}",
-        delete_patterns=delete_patterns,
-    )
-    oid = getattr(commit, "oid", None)
-    if not oid:
-        raise SynthechoError(f"upload to {repo_id} returned no commit id; nothing was tagged")
-    api.create_tag(repo_id, tag=tag, revision=oid, repo_type=repo_type)
-    return oid
-
-
-def _describe(files: list[tuple[str, int | None]], calls: list[str]) -> str:
-    lines = ["would upload:"]
-    for name, size in files:
-        lines.append(f"  {name}  ({'built at publish time' if size is None else f'{size:,} bytes'})")
-    lines.append("would call:")
-    lines += [f"  {call}" for call in calls]
-    return "\n".join(lines)
-
-
-def publish(
-    recipe,
-    run_dir: Path,
-    *,
-    to: Path | None = None,
-    repo_id: str | None = None,
-    private: bool = False,
-    with_generator: bool = False,
-    dry_run: bool = False,
-    api=None,
-    repo_root: Path | None = None,
-) -> dict:
-    """Lay the corpus out in `to` and/or push it to the Hub dataset repo `repo_id`.
-
-    Refuses without the recipe key `license`. `dry_run` prints the files and Hub calls and changes
-    nothing. `api` is an `HfApi` (tests pass an autospec'd one); by default `HfApi()`, which takes the token
-    from HF_TOKEN or the login cache. `repo_root`: re-export the committed manifest and card there after
-    a push (the push adds the commit to the manifest).
-    """
-    from synthecho.manifest import read_manifest, update_manifest
-
-    run_dir = Path(run_dir)
-    # 1. Preconditions: a licence, a target, a built run.
-    if not recipe.license:
-        raise SynthechoError(
-            "publish refuses a corpus without a licence: set the recipe key `license` (e.g. license: "
-            "cc-by-nc-sa-4.0 — the synthetic data derives from CAMUS annotations, distributed for research use)."
-        )
-    if to is None and repo_id is None:
-        raise SynthechoError("say where to publish: --to DIR and/or --repo-id ORG/NAME")
-    if with_generator and repo_id is None:
-        raise SynthechoError("--with-generator pushes a model repo: it needs --repo-id ORG/NAME")
-    manifest = read_manifest(run_dir)
-    if not manifest:
-        raise SynthechoError(
-            f"{run_dir / 'manifest.json'} is missing: run `synthecho build --recipe ...` first."
-        )
-    version = recipe.version
-    tag = f"v{version}"
-
-    # 2. What goes out: the manifest with the recipe's dataset section and the publish target (no commit:
-    # it is only known after the upload, and the uploaded card must equal the one rendered later).
-    manifest = {**manifest, "dataset": _dataset_section(recipe)}
-    model_repo = generator_repo_id(repo_id) if with_generator else None
-    if repo_id:
-        target = {"repo_id": repo_id, "tag": tag, "url": f"https://huggingface.co/datasets/{repo_id}"}
-        if model_repo:
-            target["generator_repo_id"] = model_repo
-        manifest["publish"] = target
-    files = data_files(run_dir, manifest)
-
-    # 3. Dry run: say what would happen, touch nothing.
-    if dry_run:
-        manifest_text = json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
-        listing = [("README.md", len(render_card(manifest).encode("utf-8")))]
-        listing.append(("manifest.json", len(manifest_text.encode("utf-8"))))
-        listing += [(f"data/{p.name}", p.stat().st_size) for p in files] + [(PROMPTS_FILE, None)]
-        calls = []
-        if to is not None:
-            calls.append(f"layout_repo -> {to}")
-        if model_repo:
-            gen_files = _generator_files(run_dir)
-            listing += [
-                (f"{model_repo}: {p.relative_to(run_dir / 'generator').as_posix()}", p.stat().st_size)
-                for p in gen_files
-            ]
-            listing.append((f"{model_repo}: README.md", None))
-            calls += [
-                f"create_repo({model_repo!r}, repo_type='model', private={private}, exist_ok=True)",
-                f"upload_folder(repo_id={model_repo!r}, repo_type='model', commit_message='synthecho {version}')",
-                f"create_tag({model_repo!r}, tag={tag!r}, revision=<commit>, repo_type='model')",
-            ]
-        if repo_id:
-            calls += [
-                f"create_repo({repo_id!r}, repo_type='dataset', private={private}, exist_ok=True)",
-                f"upload_folder(repo_id={repo_id!r}, repo_type='dataset', commit_message='synthecho {version}')",
-                f"create_tag({repo_id!r}, tag={tag!r}, revision=<commit>, repo_type='dataset')",
-            ]
-        plan = _describe(listing, calls)
-        print(plan)
-        sizes = [size for _, size in listing if size is not None]
-        return {"dry_run": True, "files": len(listing), "known_bytes": sum(sizes), "calls": len(calls)}
-
-    # 4. Local layout (into `to`, or a temporary folder that only lives for the upload).
-    result: dict = {"dry_run": False}
-    with tempfile.TemporaryDirectory(prefix="synthecho-publish-") as scratch:
-        folder = Path(to) if to is not None else Path(scratch) / "repo"
-        written = layout_repo(run_dir, folder, manifest=manifest)
-        result.update({"folder": str(folder) if to is not None else None, "files": len(written)})
-        if not repo_id:
-            return result
-
-        # 5. Hub: generator first, so the dataset card never links to a model repo that failed to upload.
-        if api is None:
-            from huggingface_hub import HfApi
-
-            api = HfApi()
-        publish_section = dict(manifest["publish"])
-        if model_repo:
-            staging = Path(scratch) / "generator"
-            _stage_generator(run_dir, staging, render_generator_card(manifest, repo_id, model_repo))
-            publish_section["generator_commit"] = _push(api, model_repo, "model", staging, version, private)
-        # Stale shards of an earlier version (another shard count) must not match data/train-* any more.
-        publish_section["commit"] = _push(
-            api, repo_id, "dataset", folder, version, private, delete_patterns=["data/*", "prompts/*"]
-        )
-
-    # 6. Record the published commit (and refresh the committed copies when asked).
-    update_manifest(run_dir, dataset=manifest["dataset"], publish=publish_section)
-    if repo_root is not None:
-        export_committed(run_dir, Path(repo_root))
-    result.update(publish_section)
-    return result

@@ -21,7 +21,6 @@ from synthecho.errors import SynthechoError
 from synthecho.io import sha256_json
 
 
-
 def shipped_recipes_dir() -> Path:
     """The recipes that ship inside the package (`recipes/` at the repository root links to them)."""
     from importlib.resources import files
@@ -218,7 +217,7 @@ class FilterConfig(Section):
     # A row is rejected when the segmenter disagrees with its mask below these Dice values.
     dice_threshold: dict[str, float] = {"lv": 0.5, "myo": 0.3, "la": 0.4}
     copy_threshold: float | None = None  # None: calibrated on real ED-vs-ES pairs (same patient, view)
-    inception_weights: str | None = None  # local clean-fid Inception file; cannot be downloaded here
+    inception_weights: str | None = None  # local clean-fid Inception file (never downloaded mid-build)
     inception_env: str = "SYNTHECHO_INCEPTION_WEIGHTS"
     feature_dims: int = Field(64, le=64)  # domain features pooled to <= 64 dims: stable covariances
     kid_subsets: int = 100

@@ -1,9 +1,10 @@
-"""The corpus schema researchers load (DESIGN §6): ONE `datasets.Features` object.
+"""The corpus schema researchers load: ONE `datasets.Features` object (`corpus_features`).
 
 It is written into every Parquet file's metadata (the `huggingface` key, so `datasets` decodes `image`
 and `mask` as PIL images and attributes as ClassLabels) and rendered into the dataset card's
 `dataset_info.features`; a test checks that both agree. Raw and scored shards in the run dir use the same
-columns plus the filter verdict (`SCORED_FEATURES`).
+columns plus the filter verdict (`scored_features`). The `prompts` config has its own long-format
+schema (`prompt_features`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,21 @@ def corpus_features():
             "dice_myo": Value("float32"),
             "dice_la": Value("float32"),
             "copy_similarity": Value("float32"),
+        }
+    )
+
+
+def prompt_features():
+    """Columns of the `prompts` config (long format, one row per prompt of a corpus row)."""
+    from datasets import Features, Value
+
+    return Features(
+        {
+            "id": Value("string"),
+            "structure": Value("string"),
+            "level": Value("int32"),
+            "phrasing": Value("string"),
+            "text": Value("string"),
         }
     )
 

@@ -1,4 +1,4 @@
-"""The filtering segmenter: a MONAI 2-D U-Net trained on the real train split (DESIGN §8).
+"""The filtering segmenter: a MONAI 2-D U-Net trained on the real train split.
 
 Later stages use it for three things:
 - mask consistency: its prediction on a generated image vs the row's mask (Dice per structure);
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthecho import profiling
 from synthecho.errors import SynthechoError
 from synthecho.io import atomic_path, read_json, write_bytes_atomic, write_json_atomic
 from synthecho.labels import NUM_MASK_CLASSES
@@ -358,31 +359,35 @@ def train_segmenter(
     started = time.perf_counter()
     bar = tqdm(range(1, config.steps + 1), desc="segmenter", disable=not progress, leave=False)
     for step in bar:
-        batch_index = []
-        while len(batch_index) < config.batch_size:  # epoch-wise shuffling: every frame seen once per epoch
-            if cursor == len(order):
-                order, cursor = rng.permutation(len(real_train)), 0
-            take = order[cursor : cursor + config.batch_size - len(batch_index)]
-            batch_index.extend(take.tolist())
-            cursor += len(take)
-        images, masks = _augment(train_images[batch_index], real_train.masks[batch_index], rng)
+        with profiling.section("segmenter/data"):
+            batch_index = []
+            while len(batch_index) < config.batch_size:  # epoch-wise shuffling: every frame once per epoch
+                if cursor == len(order):
+                    order, cursor = rng.permutation(len(real_train)), 0
+                take = order[cursor : cursor + config.batch_size - len(batch_index)]
+                batch_index.extend(take.tolist())
+                cursor += len(take)
+            images, masks = _augment(train_images[batch_index], real_train.masks[batch_index], rng)
         model.train()
-        logits = model(torch.from_numpy(images)[:, None].to(device))
-        loss = loss_function(logits, torch.from_numpy(masks.astype(np.int64))[:, None].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with profiling.section("segmenter/forward"):
+            logits = model(torch.from_numpy(images)[:, None].to(device))
+            loss = loss_function(logits, torch.from_numpy(masks.astype(np.int64))[:, None].to(device))
+        with profiling.section("segmenter/backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         losses.append(float(loss.detach()))
 
         if step % config.validate_every == 0 or step == config.steps:
-            model.eval()
-            scores = _validation_dice(segmenter, real_validation)
-            history.append({"step": step, **scores})
-            if scores["mean"] > best["mean"]:
-                best, best_step = scores, step
-                best_state = {
-                    name: value.detach().cpu().clone() for name, value in model.state_dict().items()
-                }
+            with profiling.section("segmenter/validation"):
+                model.eval()
+                scores = _validation_dice(segmenter, real_validation)
+                history.append({"step": step, **scores})
+                if scores["mean"] > best["mean"]:
+                    best, best_step = scores, step
+                    best_state = {
+                        name: value.detach().cpu().clone() for name, value in model.state_dict().items()
+                    }
             bar.set_postfix(
                 loss=f"{losses[-1]:.3f}", val_dice=f"{scores['mean']:.3f}", best=f"{best['mean']:.3f}"
             )

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from synthecho import profiling
 from synthecho.io import sha256_file
 from synthecho.layout import hub
 from synthecho.markers import read_marker as read_marker_file
@@ -192,11 +193,13 @@ class ShardFile:
     def add_rows(self, rows: Iterable[dict]) -> None:
         for row in rows:
             row = dict(row)
-            self._hasher.update(row["id"], row["image"], row["mask"], row["prompt"])
-            if isinstance(row["image"], np.ndarray):
-                row["image"] = {"bytes": encode_png(row["image"]), "path": None}
-            if isinstance(row["mask"], np.ndarray):
-                row["mask"] = {"bytes": encode_png(row["mask"], palette=True), "path": None}
+            with profiling.section("shards/hash"):
+                self._hasher.update(row["id"], row["image"], row["mask"], row["prompt"])
+            with profiling.section("shards/png"):
+                if isinstance(row["image"], np.ndarray):
+                    row["image"] = {"bytes": encode_png(row["image"]), "path": None}
+                if isinstance(row["mask"], np.ndarray):
+                    row["mask"] = {"bytes": encode_png(row["mask"], palette=True), "path": None}
             self.ids.append(row["id"])
             self._buffer.append(row)
             if len(self._buffer) >= self.row_group_size:
@@ -207,10 +210,11 @@ class ShardFile:
 
         if not self._buffer:
             return
-        if self._writer is None:
-            self._open()
-        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
-        self._writer.write_table(table, row_group_size=self.row_group_size)
+        with profiling.section("shards/parquet"):
+            if self._writer is None:
+                self._open()
+            table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+            self._writer.write_table(table, row_group_size=self.row_group_size)
         self.rows_written += len(self._buffer)
         self._buffer = []
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from synthecho import profiling
 from synthecho.errors import SynthechoError
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,8 @@ def train_loop(
                 "seed": seed,
                 "fingerprint": fingerprint,
             }
-            _save_checkpoint(checkpoint_dir, step, unwrapped, ema, optimizer, state, keep_checkpoints)
+            with profiling.section("generator/checkpoint"):
+                _save_checkpoint(checkpoint_dir, step, unwrapped, ema, optimizer, state, keep_checkpoints)
 
         # 3. The loop: per-(seed, step, micro-batch) randomness, so a resumed run repeats the same draws.
         model.train()
@@ -254,21 +256,25 @@ def train_loop(
             for micro in range(gradient_accumulation_steps):
                 rng = np.random.default_rng([seed, step, micro])
                 torch.manual_seed(_derived_seed(seed, step, micro, 1))
-                batch = send_to_device(sample_batch(rng), accelerator.device)
+                with profiling.section("generator/data"):
+                    batch = send_to_device(sample_batch(rng), accelerator.device)
                 with accelerator.accumulate(model):
-                    loss = loss_fn(model, batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and max_grad_norm is not None:
-                        accelerator.clip_grad_norm_(trainable, max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    with profiling.section("generator/forward"):
+                        loss = loss_fn(model, batch)
+                    with profiling.section("generator/backward"):
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and max_grad_norm is not None:
+                            accelerator.clip_grad_norm_(trainable, max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
                 step_loss += float(loss.detach()) / gradient_accumulation_steps
             if not np.isfinite(step_loss):
                 raise SynthechoError(
                     f"{description}: loss became {step_loss} at step {step + 1}; lower train.learning_rate "
                     f"or use mixed_precision 'no'/'bf16' instead of 'fp16'."
                 )
-            ema.update(named_trainable)
+            with profiling.section("generator/ema"):
+                ema.update(named_trainable)
             losses.append(step_loss)
             done = step + 1
             elapsed = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""Tiny CAMUS trees in both on-disk layouts (camus-format.md §7), written with SimpleITK.
+"""Tiny CAMUS trees in both on-disk layouts (docs/camus-format.md), written with SimpleITK.
 
 The same arrays go into the 2023 NIfTI layout and the 2019 MetaImage layout, so a test can check that
 both readers return identical records. Frames are 40x32 uint8 with header spacing (0.3, 0.15) mm in

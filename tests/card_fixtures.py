@@ -1,7 +1,7 @@
 """A tiny filtered run (data shards + manifest) for the card and publish tests.
 
 Rows are written with the real shard writer (`synthecho.shards.write_shard`, corpus schema in the Parquet
-metadata) and the manifest has every section the stages write (CONTRACTS.md), with small made-up numbers.
+metadata) and the manifest has every section the stages write, with small made-up numbers.
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard
 
-from synthecho import card
+from synthecho import card, card_context
 from synthecho.io import read_json, write_json_atomic
+from synthecho.schema import corpus_features, prompt_features
 from synthecho.stages import run_stage
-from synthecho.schema import corpus_features
 
 
 @pytest.fixture()
@@ -45,7 +45,7 @@ def test_card_features_equal_the_parquet_metadata(run):
     for path in sorted((run_dir / "data").glob("*.parquet")):
         parquet_features = Features.from_arrow_schema(pq.read_schema(path))
         assert infos["default"].features == parquet_features == corpus_features()
-    assert infos["prompts"].features == card.prompt_features()
+    assert infos["prompts"].features == prompt_features()
 
 
 def test_header_has_licence_tasks_sizes_configs_and_split_counts(run):
@@ -140,7 +140,7 @@ def test_stable_diffusion_base_weights_carry_the_openrail_restriction(run):
 
 
 def test_every_schema_column_is_documented():
-    assert set(card.COLUMN_DOCS) == set(corpus_features())
+    assert set(card_context.COLUMN_DOCS) == set(corpus_features())
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,24 @@ def test_committed_manifest_has_no_absolute_paths(run, tmp_path):
 
 def test_distances_keep_significant_digits():
     """Domain-feature KIDs are ~1e-4: fixed decimals printed them as 0.0001 ± 0.0000."""
-    from synthecho.card import _distance_rows
-
-    (row,) = _distance_rows({"overall": {"fid": 0.00587, "kid_mean": 7.98e-05, "kid_std": 4.23e-05}})
+    (row,) = card_context.distance_rows(
+        {"overall": {"fid": 0.00587, "kid_mean": 7.98e-05, "kid_std": 4.23e-05}}
+    )
     assert row["kid"] == "8e-05 ± 4.2e-05" and row["fid"] == "0.00587"
+
+
+def test_every_template_ships_as_package_data():
+    """The templates are loaded through the package: a wheel must contain every one of them."""
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+    package = Path(card.__file__).parent
+    pyproject = package.parent / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("installed package: no pyproject.toml beside it")
+    patterns = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    templates = sorted(p.relative_to(package).as_posix() for p in (package / "templates").iterdir())
+    assert "templates/dataset_card.md" in templates and "templates/model_card.md" in templates
+    for template in templates:
+        assert any(fnmatch(template, pattern) for pattern in patterns["synthecho"]), template

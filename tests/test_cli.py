@@ -214,8 +214,8 @@ def test_9k_recipes_stop_before_any_work_naming_what_is_missing(name, tmp_path, 
 
 
 def test_preflight_accepts_a_local_pipeline_folder_and_names_a_bad_one(tmp_path):
-    from synthecho.stages import missing_inputs
     from synthecho.recipe import load_recipe
+    from synthecho.stages import missing_inputs
 
     base = tmp_path / "sd15"
     base.mkdir()

@@ -13,8 +13,8 @@ import pytest
 from synthecho.downstream import STRATEGIES, corpus_split, load_corpus
 from synthecho.downstream.classification import ClassificationTask, labels_of
 from synthecho.downstream.clipseg import ClipSegTask, prompt_for, resolve_weights, save_tiny_clipseg
-from synthecho.downstream.study import aggregate, capped_patients, run_task
 from synthecho.downstream.segmentation import SegmentationTask
+from synthecho.downstream.study import aggregate, capped_patients, run_task
 from synthecho.errors import SynthechoError
 from synthecho.real import RealSplit, encode_png
 from synthecho.recipe import EvaluateConfig, recipe_from_dict
@@ -286,8 +286,8 @@ def test_load_corpus_round_trips_the_published_schema(splits, tmp_path):
 
 def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatch):
     from synthecho.downstream.report import STRATEGY_TITLES
-    from synthecho.stages import run_stage
     from synthecho.manifest import read_manifest
+    from synthecho.stages import run_stage
 
     monkeypatch.delenv("SYNTHECHO_CLIPSEG_WEIGHTS", raising=False)
 
@@ -329,7 +329,6 @@ def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatc
 
 
 def test_evaluate_with_only_skipped_tasks_reports_why(splits, tmp_path, monkeypatch):
-    from synthecho.downstream.report import STRATEGY_TITLES
     from synthecho.stages import run_stage
 
     monkeypatch.delenv("SYNTHECHO_CLIPSEG_WEIGHTS", raising=False)

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthecho.stages import generate
 from synthecho.generators.base import SampleBatch
 from synthecho.io import read_json
 from synthecho.labels import LA, LV, MYO
@@ -31,7 +30,7 @@ from synthecho.real import SPLITS, decode_png, encode_png, load_real
 from synthecho.recipe import recipe_from_dict
 from synthecho.schema import MASK_TRANSFORM_FIELDS, corpus_features
 from synthecho.shards import content_hash, marker_path, read_marker, read_shard, verify_shard
-from synthecho.stages import invalidate, is_current, run_stage
+from synthecho.stages import generate, invalidate, is_current, run_stage
 
 RES = 16
 TESTS_DIR = Path(__file__).resolve().parent
@@ -230,12 +229,12 @@ def test_shards_split_over_workers_match_a_single_worker(tmp_path):
         write_real(run_dir, {"train": 3, "validation": 1})
     run_stage("generate", tiny_recipe(), single, sampler=SeededSampler(), progress=False)
 
-    first = run_stage("generate", 
+    first = run_stage("generate",
         tiny_recipe(), split, sampler=SeededSampler(), progress=False, shard_index=1, num_shards=3
     )
     assert not first["complete"] and first["shards_written"] == 1 and read_manifest(split) == {}
     for index in (0, 2):
-        last = run_stage("generate", 
+        last = run_stage("generate",
             tiny_recipe(), split, sampler=SeededSampler(), progress=False, shard_index=index, num_shards=3
         )
     assert last["complete"]

@@ -12,11 +12,12 @@ from huggingface_hub import CommitInfo, DatasetCard, HfApi, ModelCard
 from huggingface_hub.hf_api import GitRefInfo, GitRefs
 
 from synthecho import publish as pub
-from synthecho.card import prompt_features, render_card
+from synthecho.card import render_card
 from synthecho.errors import SynthechoError
 from synthecho.io import read_json, write_json_atomic
 from synthecho.prompts import Attributes, all_structure_prompts
-from synthecho.schema import corpus_features
+from synthecho.schema import corpus_features, prompt_features
+from synthecho.stages import run_stage
 
 
 @pytest.fixture()
@@ -138,14 +139,18 @@ def test_layout_refuses_shards_that_changed_after_filtering(run_dir, tmp_path):
 def test_publish_refuses_without_license(run_dir, tmp_path):
     api, _ = _api("a" * 40)
     with pytest.raises(SynthechoError, match="recipe key `license`"):
-        pub.publish(tiny_recipe(license=None), run_dir, to=tmp_path / "out", repo_id="org/tiny", api=api)
+        run_stage(
+            "publish", tiny_recipe(license=None), run_dir, to=tmp_path / "out", repo_id="org/tiny", api=api
+        )
     assert api.method_calls == [] and not (tmp_path / "out").exists()
 
 
 def test_push_calls_hfapi_in_order_and_records_the_commit(run_dir, tmp_path):
     api, uploaded = _api("a" * 40)
     repo = tmp_path / "repo"
-    result = pub.publish(tiny_recipe(), run_dir, repo_id="org/tiny", private=True, api=api, repo_root=repo)
+    result = run_stage(
+        "publish", tiny_recipe(), run_dir, repo_id="org/tiny", private=True, api=api, repo_root=repo
+    )
     assert api.method_calls == [
         call.create_repo("org/tiny", repo_type="dataset", private=True, exist_ok=True),
         call.list_repo_refs("org/tiny", repo_type="dataset"),
@@ -187,7 +192,9 @@ def test_push_calls_hfapi_in_order_and_records_the_commit(run_dir, tmp_path):
 def test_with_generator_pushes_a_linked_model_repo_first(run_dir, tmp_path):
     api, uploaded = _api("b" * 40, "c" * 40)
     out = tmp_path / "out"
-    result = pub.publish(tiny_recipe(), run_dir, to=out, repo_id="org/tiny", with_generator=True, api=api)
+    result = run_stage(
+        "publish", tiny_recipe(), run_dir, to=out, repo_id="org/tiny", with_generator=True, api=api
+    )
     names = [c[0] for c in api.method_calls]
     assert names == ["create_repo", "list_repo_refs", "upload_folder", "create_tag"] * 2
     assert api.create_repo.call_args_list[0] == call(
@@ -218,7 +225,7 @@ def test_an_existing_version_tag_is_refused_before_uploading(run_dir):
     api, uploaded = _api("d" * 40, tags=("v0.1.0",))
     before = read_json(run_dir / "manifest.json")
     with pytest.raises(SynthechoError, match="bump the recipe key `version`"):
-        pub.publish(tiny_recipe(), run_dir, repo_id="org/tiny", api=api)
+        run_stage("publish", tiny_recipe(), run_dir, repo_id="org/tiny", api=api)
     assert uploaded == [] and not api.create_tag.called
     assert read_json(run_dir / "manifest.json") == before
 
@@ -227,8 +234,15 @@ def test_dry_run_prints_the_plan_and_touches_nothing(run_dir, tmp_path, capsys):
     api, _ = _api("e" * 40)
     before = read_json(run_dir / "manifest.json")
     out = tmp_path / "out"
-    result = pub.publish(
-        tiny_recipe(), run_dir, to=out, repo_id="org/tiny", with_generator=True, dry_run=True, api=api
+    result = run_stage(
+        "publish",
+        tiny_recipe(),
+        run_dir,
+        to=out,
+        repo_id="org/tiny",
+        with_generator=True,
+        dry_run=True,
+        api=api,
     )
     printed = capsys.readouterr().out
     assert (
@@ -243,7 +257,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(run_dir, tmp_path, capsys):
 
 def test_local_only_publish_does_not_touch_the_hub_or_the_manifest(run_dir, tmp_path):
     before = copy.deepcopy(read_json(run_dir / "manifest.json"))
-    result = pub.publish(tiny_recipe(), run_dir, to=tmp_path / "out")
+    result = run_stage("publish", tiny_recipe(), run_dir, to=tmp_path / "out")
     assert result["files"] == 6 and "commit" not in result  # card, manifest, 2 shards, prompts, grid
     assert read_json(run_dir / "manifest.json") == before
 
@@ -254,4 +268,4 @@ def test_publish_needs_filtered_shards(tmp_path):
     manifest["shards"] = {"raw": []}
     write_json_atomic(run_dir / "manifest.json", manifest)
     with pytest.raises(SynthechoError, match="run the filter stage"):
-        pub.publish(tiny_recipe(), run_dir, to=tmp_path / "out")
+        run_stage("publish", tiny_recipe(), run_dir, to=tmp_path / "out")

@@ -52,9 +52,9 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory, one_torch_thread):
-    from synthecho.stages import run_stage
     from synthecho.real import load_real
     from synthecho.segmenter import load_segmenter, train_segmenter
+    from synthecho.stages import run_stage
 
     run_dir = tmp_path_factory.mktemp("quality-run")
     recipe = _recipe(run_dir)
@@ -272,11 +272,11 @@ def _fabricate_raw_shards(recipe, run_dir, real):
     Good rows show frames of held-out test patients with their own masks; the bad ones are a constant
     frame, a mask from another view, an exact copy of a training frame and an upside-down segmenter mask.
     """
-    from synthecho.stages.generate import batch_rows, shard_path
     from synthecho.plan import build_plan, shards_of
     from synthecho.prompts import shapes_of
     from synthecho.schema import corpus_features
     from synthecho.shards import write_shard
+    from synthecho.stages.generate import batch_rows, shard_path
 
     test, train = real["test"], real["train"]
     expected = {}
@@ -361,7 +361,7 @@ def test_filter_stage_end_to_end(phantom):
     assert 0 <= metrics["attribute_fidelity"]["view_agreement"] <= 1
     assert [entry["path"] for entry in manifest["shards"]["data"]] == [f"data/{name}" for name in data]
     # The prompts config publish will build from these shards: its size is known to the card already.
-    from synthecho.publish import prompts_table
+    from synthecho.prompts import prompts_table
 
     published_prompts = prompts_table([run_dir / "data" / name for name in data])
     assert manifest["shards"]["prompts"] == {

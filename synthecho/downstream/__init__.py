@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthecho import profiling
 from synthecho.errors import SynthechoError
 from synthecho.layout import RunLayout
 from synthecho.real import RealSplit
@@ -189,12 +190,13 @@ def fit(
 
     def validate(step: int) -> None:
         nonlocal best_score, best_step, best_state
-        model.eval()
-        value = float(score(model))
-        history.append({"step": step, "score": value})
-        if value > best_score:
-            best_score, best_step = value, step
-            best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        with profiling.section("downstream/validation"):
+            model.eval()
+            value = float(score(model))
+            history.append({"step": step, "score": value})
+            if value > best_score:
+                best_score, best_step = value, step
+                best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
     started = time.perf_counter()
     if validate_at_start:
@@ -203,10 +205,15 @@ def fit(
     bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
     for step in bar:
         model.train()
-        loss = step_loss(model, sampler.next(), rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with profiling.section("downstream/data"):
+            indices = sampler.next()
+        # The task's step_loss assembles (and jitters) the batch as well: that is counted as forward.
+        with profiling.section("downstream/forward"):
+            loss = step_loss(model, indices, rng)
+        with profiling.section("downstream/backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         losses.append(float(loss.detach()))
         if step % validate_every == 0 or step == steps:
             validate(step)

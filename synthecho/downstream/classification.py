@@ -1,8 +1,8 @@
 """Downstream classification: ED vs ES (DiffEcho's task, both views pooled) and 2CH vs 4CH.
 
 Model: torchvision `resnet18(weights=None, num_classes=2)` with a 1-channel stem (grayscale frames).
-DiffEcho fine-tuned ImageNet-pretrained networks; nothing can be downloaded on these machines, so the
-default here is random initialisation. `evaluate.classification.weights` may name a local torchvision
+DiffEcho fine-tuned ImageNet-pretrained networks; synthecho never downloads weights mid-build, so the
+default is random initialisation. `evaluate.classification.weights` may name a local torchvision
 resnet18 state dict (`.pth` via torch.load(weights_only=True), or `.safetensors`): its RGB stem kernels
 are summed over the colour axis (the response to a gray image fed as three equal channels) and its
 1000-class head is dropped. Adam, cross entropy, intensity jitter; selection on real-validation

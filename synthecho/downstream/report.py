@@ -7,27 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from synthecho.downstream import STRATEGIES
+from synthecho.formatting import STRATEGY_TITLES, p_value, plus_minus
 from synthecho.io import atomic_path
 
-STRATEGY_TITLES = {
-    "real": "real only",
-    "synthetic": "synthetic only",
-    "pretrain_finetune": "synthetic → real fine-tune",
-    "real_plus_synthetic": "real + synthetic",
-}
 REPORT_MD, REPORT_PNG = "downstream.md", "downstream.png"
 
 REPORT_MD, REPORT_PNG = "downstream.md", "downstream.png"
-
-
-def _cell(metric: dict | None, scale: float = 100.0, digits: int = 1) -> str:
-    if not metric:
-        return "—"
-    return f"{metric['mean'] * scale:.{digits}f} ± {metric['std'] * scale:.{digits}f}"
-
-
-def _p(value: float) -> str:
-    return f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}"
 
 
 def _task_title(name: str) -> str:
@@ -110,7 +95,7 @@ def render_markdown(recipe, study: dict) -> str:
                         f"| {title} | — | — | skipped: {entry['skipped']} |" + " |" * (len(header) - 1)
                     )
                     continue
-                cells = [_cell(entry["metrics"].get(key), scale, digits) for key, scale, digits in keys]
+                cells = [plus_minus(entry["metrics"].get(key), scale, digits) for key, scale, digits in keys]
                 lines.append(
                     f"| {title} | {entry['n_real']} | {entry['n_synthetic']} | " + " | ".join(cells) + " |"
                 )
@@ -130,7 +115,7 @@ def render_markdown(recipe, study: dict) -> str:
                     cells = []
                     for metric in metrics:
                         entry = tests[metric][index]
-                        cells.append(f"{_p(entry['p'])} ({entry['mean_difference'] * 100:+.1f})")
+                        cells.append(f"{p_value(entry['p'])} ({entry['mean_difference'] * 100:+.1f})")
                     lines.append(
                         f"| {STRATEGY_TITLES[pair['a']]} vs {STRATEGY_TITLES[pair['b']]} | "
                         + " | ".join(cells)

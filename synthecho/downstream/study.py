@@ -15,10 +15,12 @@ the image correctly — a Wilcoxon on paired accuracies, chosen over McNemar bec
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 
+from synthecho import profiling
 from synthecho.downstream import concat_splits
 from synthecho.downstream.stats import mean_std, pairwise_wilcoxon
 from synthecho.io import atomic_path, sha256_file, sha256_json
@@ -138,6 +140,7 @@ def run_task(
                 units.append({"task": task.name, "strategy": strategy, "seed": seed,
                               "skipped": "no synthetic train rows passed the filter"})  # fmt: skip
                 continue
+            started = time.perf_counter()
             desc = f"{task.name} {strategy} s{seed}"
             model = task.new_model(seed)
             steps = training_steps(task, strategy)
@@ -184,6 +187,8 @@ def run_task(
             }
             write_marker(path, "unit", f"{task.name}/{strategy}/seed{seed}", unit, input_hash=input_hash)
             units.append(unit)
+            # training, testing and saving of one unit (pretrain_finetune includes its pretraining if run here)
+            profiling.add(f"evaluate/{task.name}/{strategy}", time.perf_counter() - started)
     return units
 
 

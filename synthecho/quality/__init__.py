@@ -1,4 +1,4 @@
-"""Quality of generated rows and of the corpus (DESIGN §8).
+"""Quality of generated rows and of the corpus.
 
 - `scores`: per-row checks (degenerate output, mask consistency, anatomical plausibility, near copies);
 - `metrics`: dataset FID/KID through clean-fid on domain (segmenter) and, when available, Inception features;

@@ -1,4 +1,4 @@
-"""Attribute fidelity (DESIGN §8): does a generated frame show the view and phase its row claims?
+"""Attribute fidelity: does a generated frame show the view and phase its row claims?
 
 A small CNN with two heads (2CH/4CH and ED/ES) is trained on the real train split, its accuracy measured
 on the real validation split, and then it predicts the view and phase of generated rows; agreement with
@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from synthecho import profiling
 from synthecho.real import RealSplit
 from synthecho.schema import PHASES, VIEWS
 
@@ -104,16 +105,20 @@ def _fit(network, images: np.ndarray, records: list[dict], steps, batch_size, le
     inputs = _to_input(images)  # small after pooling: keep the whole split as one tensor
     network.train()
     for _ in tqdm(range(steps), desc="attribute classifier", disable=not progress, leave=False):
-        index = torch.from_numpy(rng.integers(0, len(inputs), size=min(batch_size, len(inputs))))
-        # Brightness jitter (gain): attributes must not be read off the overall grey level.
-        gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(len(index), 1, 1, 1)).astype(np.float32))
-        logits = network((inputs[index] * gain).clamp(0, 1))
-        loss = F.cross_entropy(logits[:, : len(VIEWS)], views[index])
-        loss = loss + F.cross_entropy(logits[:, len(VIEWS) :], phases[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        with profiling.section("attributes/data"):
+            index = torch.from_numpy(rng.integers(0, len(inputs), size=min(batch_size, len(inputs))))
+            # Brightness jitter (gain): attributes must not be read off the overall grey level.
+            gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(len(index), 1, 1, 1)).astype(np.float32))
+            batch = (inputs[index] * gain).clamp(0, 1)
+        with profiling.section("attributes/forward"):
+            logits = network(batch)
+            loss = F.cross_entropy(logits[:, : len(VIEWS)], views[index])
+            loss = loss + F.cross_entropy(logits[:, len(VIEWS) :], phases[index])
+        with profiling.section("attributes/backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
     network.eval()
 
 

@@ -151,9 +151,8 @@ def prompts_config_size(run_dir: Path, entries: list[dict]) -> dict:
     measured here, where the shards are written (a few ms per thousand rows: the text is cached per
     attribute combination).
     """
-    from synthecho.card import article_rule
-    from synthecho.manifest import read_manifest
-    from synthecho.publish import prompts_table
+    from synthecho.manifest import article_rule, read_manifest
+    from synthecho.prompts import prompts_table
 
     rule = article_rule(read_manifest(run_dir))
     table = prompts_table([run_dir / entry["path"] for entry in entries], rule)

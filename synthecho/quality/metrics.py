@@ -1,4 +1,4 @@
-"""Dataset-level FID and KID through clean-fid (DESIGN §8).
+"""Dataset-level FID and KID through clean-fid.
 
 Two feature spaces, always labelled, never mixed:
 
@@ -6,7 +6,7 @@ Two feature spaces, always labelled, never mixed:
   (`Segmenter.features`). Always available; with few hundred images a 64-dimensional covariance is still
   well-conditioned, which a 2048-dimensional Inception one is not.
 - "inception": clean-fid's own Inception-V3 (the torchscript `inception-2015-12-05.pt`, "clean" resize to
-  299 px) when that weights file exists locally. clean-fid would download it; these machines cannot, so the
+  299 px) when that weights file exists locally. clean-fid would download it; synthecho never downloads weights mid-build, so the
   path comes from the recipe key `filter.inception_weights` or the environment variable it names, and
   its absence is reported in plain words instead of a number.
 
@@ -119,7 +119,7 @@ def resolve_inception_weights(weights: str | None, env: str) -> tuple[Path | Non
     else:
         return None, (
             f"Inception features not computed: weights file not found (set filter.inception_weights or "
-            f"${env} to a local copy of clean-fid's {INCEPTION_FILE}); clean-fid cannot download here."
+            f"${env} to a local copy of clean-fid's {INCEPTION_FILE}); synthecho does not download weights."
         )
     path = Path(value).expanduser()
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""Per-row quality checks of generated triplets (DESIGN §8).
+"""Per-row quality checks of generated triplets.
 
 Each check is a pure numpy function over stacks of frames, so the filter stage, the tests and anyone
 re-scoring a published corpus compute the same numbers:

@@ -1,6 +1,6 @@
 """CAMUS reader for both public releases (Leclerc et al., IEEE TMI 2019).
 
-Layouts (see shared/reference/camus-format.md):
+Layouts (docs/camus-format.md):
 
 - 2023 NIfTI release: ``[CAMUS_public/]database_nifti/patientNNNN/patientNNNN_{2CH|4CH}_{ED|ES}[_gt].nii.gz``
   plus ``Info_{2CH|4CH}.cfg``; splits from ``database_split/subgroup_{training,validation,testing}.txt``.

@@ -4,7 +4,7 @@ The phantom lets the whole toolkit (readers, prepare, training, filters, tests, 
 CAMUS download. It writes the same files, names, cfg keys, label values and split files as the real
 releases, so the real CAMUS reader is the one that loads it.
 
-What an image is made of (DESIGN §3):
+What an image is made of:
   1. Anatomy: analytic shapes in millimetres (x lateral, y depth; apex of the fan at the top). The LV
      cavity is a bullet hanging from the apex (rounded tip, widest at 60% of its length, narrower at the
      mitral annulus), the myocardium a ring around it that is open at the mitral plane, the LA a truncated

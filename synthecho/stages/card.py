@@ -10,21 +10,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synthecho.card import _read_manifest, published_rows, render_card
+from synthecho.card import render_card
 from synthecho.io import write_text_atomic
 from synthecho.layout import RunLayout
+from synthecho.manifest import dataset_section, published_rows, require_manifest, update_manifest
 
 
 def outputs_current(recipe, run_dir: Path) -> bool:
     readme = RunLayout.of(run_dir).card
-    return readme.is_file() and readme.read_text(encoding="utf-8") == render_card(_read_manifest(run_dir))
+    return readme.is_file() and readme.read_text(encoding="utf-8") == render_card(require_manifest(run_dir, "rendering the card"))
 
 
 def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
-    from synthecho.manifest import dataset_section, update_manifest
-
     run_dir = Path(run_dir)
-    _read_manifest(run_dir)  # fails with a clear message before the manifest is touched
+    require_manifest(run_dir, "rendering the card")  # a clear error before the manifest is touched
     manifest = update_manifest(
         run_dir,
         dataset=dataset_section(recipe),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthecho import profiling
 from synthecho.errors import SynthechoError
 from synthecho.io import sha256_json, sha256_model_folder
 from synthecho.layout import RunLayout
@@ -155,9 +156,10 @@ def add_shapes_and_write(shard_file: ShardFile, rows: list[dict]) -> None:
     """Writer-thread work: shape words from each row's final mask, then PNG encoding and writing."""
     from synthecho.prompts import shapes_of
 
-    for row in rows:
-        shapes = shapes_of(row["mask"])
-        row["shape_lv"], row["shape_myo"], row["shape_la"] = shapes["lv"], shapes["myo"], shapes["la"]
+    with profiling.section("generate/shape_words"):
+        for row in rows:
+            shapes = shapes_of(row["mask"])
+            row["shape_lv"], row["shape_myo"], row["shape_la"] = shapes["lv"], shapes["myo"], shapes["la"]
     shard_file.add_rows(rows)
 
 
@@ -261,7 +263,8 @@ def run(
             upcoming = prefetch.submit(conditioning, jobs[0][1], real) if jobs else None
             shard_started = time.time()
             for position, (shard, batch) in enumerate(jobs):
-                cond_masks, labels = upcoming.result()
+                with profiling.section("generate/conditioning_wait"):  # the prefetch thread's lag
+                    cond_masks, labels = upcoming.result()
                 if position + 1 < len(jobs):  # perturb the next batch's masks while this one samples
                     upcoming = prefetch.submit(conditioning, jobs[position + 1][1], real)
                 if batch[0] is shard.rows[0]:  # first batch of a shard: clear leftovers, open a new file
@@ -269,14 +272,15 @@ def run(
                     open_files.append(ShardFile(shard_path(run_dir, shard), features))
                     shard_started = time.time()
 
-                result = sampler.sample(
-                    labels,
-                    [row.prompt for row in batch],
-                    [row.seed for row in batch],
-                    sampler=config.sampler,
-                    steps=config.steps,
-                    guidance_scale=config.guidance_scale,
-                )
+                with profiling.section("generate/sample"):
+                    result = sampler.sample(
+                        labels,
+                        [row.prompt for row in batch],
+                        [row.seed for row in batch],
+                        sampler=config.sampler,
+                        steps=config.steps,
+                        guidance_scale=config.guidance_scale,
+                    )
                 images = as_uint8(result.images, 255)
                 if sampler.mask_source == "conditioning":
                     masks = cond_masks
