@@ -14,13 +14,15 @@ Every stage runs through `synthecho.stages.run_stage` (forced, so nothing is ski
 1. a header line: CPU model, torch's CPU capability and thread count, torch version, whether
    ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA are set, and the load average (the machine may be shared);
 2. per stage: wall and CPU seconds (process time of all threads) and the stage's own figures: generator
-   and segmenter s/step (train), img/s (generate), rows scored and passed (filter);
+   and segmenter s/step (train), img/s (generate), rows passed and rejected (filter);
 3. the evaluate stage's seconds per task and strategy (training and testing of each model);
 4. the split of each stage into the profiled sections (data, forward, backward + optimizer step,
    validation, checkpoint, sampling, PNG encoding, Parquet writing, ...) and the time outside them.
 
 `--json` writes all of it; `--compare BEFORE.json` prints before / after / delta per stage and section.
 Sections on the shard writer's thread overlap the main thread and are not part of "outside sections".
+A stage pays for the imports it is the first to make (train: diffusers, accelerate, MONAI), as a build
+does. On a shared machine, read the load average in the header and compare CPU seconds as well as wall.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def select_stages(recipe, run_dir: Path, requested: str | None) -> list[str]:
 
 def stage_figures(name: str, info: dict, sections: dict) -> dict:
     """The figures of one stage that say more than its seconds (s/step, img/s, per task/strategy)."""
+    from synthecho.downstream import STRATEGIES
+
     figures: dict = {}
     if name == "train":
         for part in ("generator", "segmenter"):
@@ -114,8 +118,6 @@ def stage_figures(name: str, info: dict, sections: dict) -> dict:
                 units.setdefault(task, {})[strategy] = value["seconds"]
         figures["units"] = units
         figures["per_task"] = {task: sum(by.values()) for task, by in units.items()}
-        from synthecho.downstream import STRATEGIES
-
         strategies = [s for s in STRATEGIES if any(s in by for by in units.values())]
         figures["per_strategy"] = {s: sum(by.get(s, 0.0) for by in units.values()) for s in strategies}
     return figures
