@@ -303,9 +303,12 @@ def _downstream_tables(downstream: dict) -> list[dict]:
             for name in downstream.get("strategies", list(strategies)):
                 if name not in strategies:
                     continue
-                metrics = strategies[name]["metrics"]
+                entry = strategies[name]
+                metrics = entry.get("metrics", {})  # none when the strategy had nothing to train on
                 cells = [plus_minus(metrics.get(key), missing="–") for key in keys]
-                rows.append({"strategy": STRATEGY_TITLES.get(name, name), "cells": cells})
+                rows.append(
+                    {"strategy": STRATEGY_TITLES.get(name, name), "cells": cells, "skipped": entry.get("skipped")}
+                )
             if rows:
                 tables.append(
                     {

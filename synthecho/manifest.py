@@ -38,7 +38,7 @@ VERSIONED_PACKAGES = (
 
 
 def manifest_path(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / MANIFEST_NAME
+    return RunLayout.of(run_dir).manifest
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict:

@@ -21,7 +21,7 @@ from synthecho.card import render_card
 from synthecho.card_context import generator_values, source_values
 from synthecho.errors import SynthechoError
 from synthecho.io import sha256_file, write_json_atomic
-from synthecho.layout import hub
+from synthecho.layout import RunLayout, hub
 from synthecho.manifest import article_rule, manifest_get, run_grid
 from synthecho.prompts import prompts_table
 from synthecho.templating import render
@@ -40,7 +40,7 @@ def data_files(run_dir: Path, manifest: dict) -> list[Path]:
             f"{run_dir / 'manifest.json'} lists no published shards (shards.data): run the filter stage "
             f"(`synthecho filter --recipe ...`) before publishing."
         )
-    on_disk = {p.relative_to(run_dir).as_posix() for p in (run_dir / "data").glob("*.parquet")}
+    on_disk = {p.relative_to(run_dir).as_posix() for p in RunLayout.of(run_dir).data.glob("*.parquet")}
     if on_disk != set(recorded):
         raise SynthechoError(
             f"{run_dir / 'data'} does not hold the shards the manifest lists (missing: "
@@ -171,7 +171,7 @@ def render_generator_card(manifest: dict, dataset_repo_id: str, model_repo_id: s
 
 def generator_files(run_dir: Path) -> list[Path]:
     """Files of the generator folder that a sampler loads (resume checkpoints and hidden files excluded)."""
-    folder = Path(run_dir) / "generator"
+    folder = RunLayout.of(run_dir).generator
     if not folder.is_dir():
         raise SynthechoError(
             f"{folder} does not exist: run `synthecho train --recipe ...` before --with-generator."
@@ -186,7 +186,7 @@ def generator_files(run_dir: Path) -> list[Path]:
 
 
 def stage_generator(run_dir: Path, staging: Path, card: str) -> list[Path]:
-    folder = Path(run_dir) / "generator"
+    folder = RunLayout.of(run_dir).generator
     for path in generator_files(run_dir):
         _link_or_copy(path, staging / path.relative_to(folder))
     (staging / "README.md").write_text(card, encoding="utf-8")

@@ -137,3 +137,27 @@ def test_no_reference_to_documents_outside_the_repository():
             if FORBIDDEN.search(line):
                 hits.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert hits == []
+
+
+def prose_fstrings(path: Path, min_words: int = 5) -> list[str]:
+    """f-strings whose literal text holds a sentence (>= `min_words` words), outside error messages."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    in_raise = {id(node) for stmt in ast.walk(tree) if isinstance(stmt, ast.Raise) for node in ast.walk(stmt)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr) and id(node) not in in_raise:
+            text = " ".join(part.value for part in node.values if isinstance(part, ast.Constant))
+            if len(re.findall(r"[A-Za-z]{2,}", text)) >= min_words:
+                found.append(f"line {node.lineno}: {text.strip()[:60]!r}")
+    return found
+
+
+def test_the_card_prose_lives_in_the_template():
+    for name in ("card.py", "card_context.py"):
+        assert prose_fstrings(PACKAGE / name) == [], name
+
+
+def test_the_prose_check_fires(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('n = 3\ntext = f"The corpus holds {n} rows that passed the filter."\nshort = f"{n} rows"\n')
+    assert len(prose_fstrings(sample)) == 1

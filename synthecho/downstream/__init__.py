@@ -58,7 +58,7 @@ def load_corpus(
         return np.zeros((0, 0, 0), np.uint8), np.zeros((0, 0, 0), np.uint8), []
     if not files:
         raise SynthechoError(
-            f"no synthetic {split} rows under {Path(run_dir) / 'data'} (expected {split}-*-of-*.parquet): "
+            f"no synthetic {split} rows under {RunLayout.of(run_dir).data} (expected {split}-*-of-*.parquet): "
             f"run `synthecho filter --recipe ...` first, or drop the synthetic strategies from evaluate.strategies."
         )
     images, masks, records = [], [], []

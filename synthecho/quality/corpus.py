@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthecho.layout import hub
+from synthecho.layout import RunLayout, hub
 from synthecho.quality.scores import REJECT_REASONS, mask_dice
 from synthecho.quality.scoring import decode_column
 
@@ -85,7 +85,7 @@ def write_publishable(
     from synthecho.schema import PHASES, VIEWS, corpus_features
     from synthecho.shards import ShardFile, read_shard, remove_shard
 
-    data_dir = run_dir / "data"
+    data_dir = RunLayout.of(run_dir).data
     features = corpus_features()
     columns = list(features)
     collected = Collected()

@@ -63,7 +63,8 @@ def prepare_cap_run(recipe, run_dir: Path, cap: float, *, force: bool = False, p
     from synthecho.manifest import read_manifest, update_manifest
 
     started = time.time()
-    parent, sub = RunLayout.of(run_dir), RunLayout.of(run_dir).cap_run(cap_label(cap))
+    parent = RunLayout.of(run_dir)
+    sub = RunLayout(parent.cap_run(cap_label(cap)))
     table = pq.read_table(parent.real_split("train"))
     chosen = capped_patients(table.column("patient").to_pylist(), cap, recipe.seed)
     selection = {
