@@ -8,8 +8,8 @@ explicit sentence, never as an error.
 
 The YAML header is built with huggingface_hub's `DatasetCardData` and the `datasets` library's own
 serialisers (`MetadataConfigs`, `DatasetInfosDict`), so `configs:` and `dataset_info.features` are in exactly
-the form `datasets` reads back; the features come from `synthecho.schema.corpus_features()`, the same object
-written into every Parquet file's metadata. The body is the Jinja2 template
+the form `datasets` reads back; the features are the schema the manifest records (`synthecho.schema`),
+which is the one written into every Parquet file's metadata. The body is the Jinja2 template
 `synthecho/templates/dataset_card.md`.
 """
 
@@ -40,7 +40,6 @@ TAGS = ["echocardiography", "ultrasound", "medical", "synthetic", "cardiac", "di
 NO_LICENSE = "unknown"  # Hub licence id used until the recipe sets `license` (publish refuses it)
 
 
-
 def size_category(rows: int) -> str:
     """The Hub's `size_categories` bucket for a number of rows."""
     buckets = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
@@ -69,7 +68,7 @@ def card_data(manifest: dict):
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCardData
 
-    from synthecho.schema import corpus_features, prompt_features
+    from synthecho.schema import prompt_features, recorded_features
 
     rows = published_rows(manifest)
     sizes = published_bytes(manifest)
@@ -105,7 +104,10 @@ def card_data(manifest: dict):
     infos = {"prompts": DatasetInfo(features=prompt_features(), splits=prompt_splits)}
     if splits:
         infos["default"] = DatasetInfo(
-            features=corpus_features(), splits=corpus_splits, download_size=total, dataset_size=total
+            features=recorded_features(manifest),
+            splits=corpus_splits,
+            download_size=total,
+            dataset_size=total,
         )
     DatasetInfosDict(infos).to_dataset_card_data(data)
     return data

@@ -82,12 +82,12 @@ def _feature_type(feature) -> str:
     return type(feature).__name__
 
 
-def _columns() -> list[dict]:
-    from synthecho.schema import corpus_features
+def _columns(manifest: dict) -> list[dict]:
+    from synthecho.schema import recorded_features
 
     return [
         {"name": name, "type": _feature_type(feature), "meaning": COLUMN_DOCS.get(name, "")}
-        for name, feature in corpus_features().items()
+        for name, feature in recorded_features(manifest).items()
     ]
 
 
@@ -307,7 +307,11 @@ def _downstream_tables(downstream: dict) -> list[dict]:
                 metrics = entry.get("metrics", {})  # none when the strategy had nothing to train on
                 cells = [plus_minus(metrics.get(key), missing="–") for key in keys]
                 rows.append(
-                    {"strategy": STRATEGY_TITLES.get(name, name), "cells": cells, "skipped": entry.get("skipped")}
+                    {
+                        "strategy": STRATEGY_TITLES.get(name, name),
+                        "cells": cells,
+                        "skipped": entry.get("skipped"),
+                    }
                 )
             if rows:
                 tables.append(
@@ -385,7 +389,7 @@ def card_context(manifest: dict) -> dict:
             "fill": percent(RECTANGLE_MIN_FILL),
             "aspect": f"{ROUND_MAX_ASPECT:g}",
         },
-        "columns": _columns(),
+        "columns": _columns(manifest),
         "split_rows": _split_rows(manifest),
         "prompts_per_row": PROMPTS_PER_ROW,
         "prompt_rows": number(sum(rows.values()) * PROMPTS_PER_ROW),

@@ -5,6 +5,11 @@ and `mask` as PIL images and attributes as ClassLabels) and rendered into the da
 `dataset_info.features`; a test checks that both agree. Raw and scored shards in the run dir use the same
 columns plus the filter verdict (`scored_features`). The `prompts` config has its own long-format
 schema (`prompt_features`).
+
+Published columns change only with a new `SCHEMA_VERSION`, whose columns are appended after the older
+ones. The filter stage records the schema of the files it writes in the manifest (`schema` section), and
+the card renders that record (`recorded_features`), so the card of a published version keeps describing
+its own files whatever the current code writes; manifests from before the record carry version 1.
 """
 
 from __future__ import annotations
@@ -32,11 +37,16 @@ MASK_TRANSFORM_FIELDS = {
 }
 
 
+SCHEMA_VERSION = 1
+
+
 @cache
-def corpus_features():
-    """Columns of a published row, in order."""
+def corpus_features(version: int = SCHEMA_VERSION):
+    """Columns of a published row, in order, as of schema `version`."""
     from datasets import ClassLabel, Features, Image, Value
 
+    if not 1 <= version <= SCHEMA_VERSION:
+        raise ValueError(f"corpus schema version must be 1..{SCHEMA_VERSION}, got {version}")
     return Features(
         {
             "id": Value("string"),
@@ -72,6 +82,19 @@ def corpus_features():
             "copy_similarity": Value("float32"),
         }
     )
+
+
+def schema_record() -> dict:
+    """The manifest's `schema` section for files written now."""
+    return {"version": SCHEMA_VERSION, "features": corpus_features().to_dict()}
+
+
+def recorded_features(manifest: dict):
+    """The corpus schema a manifest's files were written with (version 1 when it recorded none)."""
+    from datasets import Features
+
+    record = manifest.get("schema")
+    return Features.from_dict(record["features"]) if record else corpus_features(1)
 
 
 def prompt_features():

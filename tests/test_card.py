@@ -143,6 +143,19 @@ def test_every_schema_column_is_documented():
     assert set(card_context.COLUMN_DOCS) == set(corpus_features())
 
 
+def test_the_card_describes_the_schema_its_manifest_records(run):
+    """A published version's card lists the columns of its own files, not what the code writes today."""
+    from datasets import Features, Value
+
+    _, manifest = run
+    assert "schema" not in manifest  # written before the record: schema version 1
+    assert _header(card.render_card(manifest)) == _header(card.render_card({**manifest, "schema": {
+        "version": 1, "features": corpus_features(1).to_dict()}}))  # fmt: skip
+    wider = Features({**corpus_features(1), "extra_column": Value("string")})
+    text = card.render_card({**manifest, "schema": {"version": 2, "features": wider.to_dict()}})
+    assert "| `extra_column` |" in text and "extra_column" in str(_header(text))
+
+
 @pytest.mark.parametrize(
     ("rows", "bucket"),
     [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (9000, "1K<n<10K"), (10**5, "100K<n<1M")],

@@ -27,6 +27,7 @@ from synthecho.quality.metrics import feature_space_metrics
 from synthecho.quality.report import quality_markdown, write_examples_png
 from synthecho.quality.scores import REJECT_REASONS, AnatomyLimits, CopyIndex
 from synthecho.quality.scoring import SCORES_VERSION, ScoringContext, score_shard
+from synthecho.schema import schema_record
 
 ATTRIBUTE_STEPS = 200  # training steps of the view/phase classifier (seconds on a CPU)
 
@@ -193,6 +194,7 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     update_manifest(run_dir, **recipe_sections(recipe), environment=environment_info(), metrics=metrics)
     merge_section(run_dir, "counts", **counts)
     merge_section(run_dir, "shards", data=entries, prompts=prompts_config_size(run_dir, entries))
+    update_manifest(run_dir, schema=schema_record())  # what the card describes: the files just written
     info = {
         "passed": counts["passed"],
         "rejected": rejected,
