@@ -108,7 +108,9 @@ def age_phrase(age: int, article_rule: str = "an") -> str:
 
 
 def _attribute_clauses(level: int, phrasing: str, attrs: Attributes, article_rule: str) -> str:
-    """Everything after the structure name for levels 2..7 (the view onwards), without the final '.'."""
+    """Everything after the structure name for levels 2..7 (the view onwards), without the final '.'.
+
+    Levels above 6 are capped at 6: level 7 adds only the shape, which goes after the structure name."""
     place = PHRASING_PLACE[phrasing]
     text = f"in {VIEW_WORDS[attrs.view]}-chamber view {place}"
     if level >= 3:
@@ -122,6 +124,22 @@ def _attribute_clauses(level: int, phrasing: str, attrs: Attributes, article_rul
     return text
 
 
+# Two prompt sets. "camus" is the Synthetic Boost / medvlsm set of the real CAMUS frames (P0-P7).
+# "no_quality" is the set Synthetic Boost wrote for its synthetic SDM corpus (`get_sdm_json.py`): the
+# generator never saw image quality, so there is no quality level and P6 is the shape prompt (P0-P6).
+PROMPT_SETS = ("camus", "no_quality")
+SET_LEVELS = {"camus": LEVELS, "no_quality": LEVELS[:7]}
+
+
+def prompt_asserts(level: int, prompt_set: str = "camus") -> list[str]:
+    """What a prompt of `level` states about its row, in the order the attributes are added."""
+    _check("prompt_set", prompt_set, PROMPT_SETS)
+    _check("level", level, SET_LEVELS[prompt_set])
+    order = ["structure", "view", "phase", "sex", "age"]
+    order += ["image_quality", "shape"] if prompt_set == "camus" else ["shape"]
+    return order[:level]
+
+
 def structure_prompt(
     structure: str,
     level: int,
@@ -129,16 +147,19 @@ def structure_prompt(
     attrs: Attributes,
     shape: str | None = None,
     article_rule: str = "an",
+    prompt_set: str = "camus",
 ) -> str:
     """One per-structure prompt, e.g. level 7, phrasing A:
 
     "Left ventricular cavity of oval shape in two-chamber view of the heart at end of the diastole cycle
     of a seventy-three-year-old male with good image quality."
 
-    `shape` is required (and used verbatim) at level 7 only. Level 0 is "" for both phrasings.
+    `shape` is required (and used verbatim) at the shape level only (7, or 6 in the "no_quality" set,
+    which then reads like the camus P7 without "with ... image quality"). Level 0 is "" for both phrasings.
     """
     _check("structure", structure, STRUCTURE_NAMES)
-    _check("level", level, LEVELS)
+    _check("prompt_set", prompt_set, PROMPT_SETS)
+    _check("level", level, SET_LEVELS[prompt_set])
     _check("phrasing", phrasing, PHRASINGS)
     _check("article_rule", article_rule, ARTICLE_RULES)
     if level == 0:
@@ -146,15 +167,20 @@ def structure_prompt(
     name = STRUCTURE_NAMES[structure]
     if level == 1:
         return f"{name} {PHRASING_PLACE[phrasing]}."
-    if level == 7:
+    clauses_level = level
+    if "shape" in prompt_asserts(level, prompt_set):
         if not shape:
-            raise PromptAttributeError(f"level 7 needs a shape word for {structure!r}; got {shape!r}")
+            raise PromptAttributeError(f"level {level} needs a shape word for {structure!r}; got {shape!r}")
         name = f"{name} of {shape} shape"
-    return f"{name} {_attribute_clauses(level, phrasing, attrs, article_rule)}."
+        clauses_level = 5 if prompt_set == "no_quality" else 6
+    return f"{name} {_attribute_clauses(clauses_level, phrasing, attrs, article_rule)}."
 
 
-def all_structure_prompts(attrs: Attributes, shapes: dict[str, str], article_rule: str = "an") -> list[dict]:
-    """Every structure x level x phrasing (3 x 8 x 2 = 48 rows {structure, level, phrasing, text})."""
+def all_structure_prompts(
+    attrs: Attributes, shapes: dict[str, str], article_rule: str = "an", prompt_set: str = "camus"
+) -> list[dict]:
+    """Every structure x level x phrasing (3 x 8 x 2 = 48 rows {structure, level, phrasing, text,
+    attributes}; 42 in the "no_quality" set)."""
     missing = [s for s in STRUCTURE_NAMES if s not in shapes]
     if missing:
         raise PromptAttributeError(
@@ -165,12 +191,20 @@ def all_structure_prompts(attrs: Attributes, shapes: dict[str, str], article_rul
             "structure": structure,
             "level": level,
             "phrasing": phrasing,
-            "text": structure_prompt(structure, level, phrasing, attrs, shapes[structure], article_rule),
+            "text": structure_prompt(
+                structure, level, phrasing, attrs, shapes[structure], article_rule, prompt_set
+            ),
+            "attributes": prompt_asserts(level, prompt_set),
         }
         for structure in STRUCTURE_NAMES
-        for level in LEVELS
+        for level in SET_LEVELS[prompt_set]
         for phrasing in PHRASINGS
     ]
+
+
+def prompt_set_for(conditioned_on) -> str:
+    """The prompt set of a row: without image quality among what its generator saw, "no_quality"."""
+    return "camus" if conditioned_on is None or "image_quality" in conditioned_on else "no_quality"
 
 
 def image_prompt(attrs: Attributes, article_rule: str = "an", phrasing: str = "A") -> str:
@@ -192,8 +226,9 @@ def image_prompt(attrs: Attributes, article_rule: str = "an", phrasing: str = "A
 # The `prompts` config of a published corpus
 # ----------------------------------------------------------------------------------------------------
 
-PROMPTS_PER_ROW = len(STRUCTURE_NAMES) * len(LEVELS) * len(PHRASINGS)
-# Columns of a published shard that the prompts of its rows are made from.
+PROMPTS_PER_ROW = len(STRUCTURE_NAMES) * len(LEVELS) * len(PHRASINGS)  # the "camus" set
+# Columns of a published shard that the prompts of its rows are made from (`conditioned_on` from schema
+# version 2 on: it picks the prompt set).
 ATTRIBUTE_COLUMNS = (
     "id",
     "view",
@@ -208,13 +243,13 @@ ATTRIBUTE_COLUMNS = (
 
 
 @lru_cache(maxsize=4096)
-def _prompt_texts(view, phase, sex, age, quality, shape_lv, shape_myo, shape_la, rule):
-    """The 48 prompts of one attribute combination (many rows share one: variants of a record)."""
+def _prompt_texts(view, phase, sex, age, quality, shape_lv, shape_myo, shape_la, rule, prompt_set):
+    """The prompts of one attribute combination (many rows share one: variants of a record)."""
     attrs = Attributes(view=view, phase=phase, sex=sex, age=int(age), image_quality=quality)
     shapes = {"lv": shape_lv, "myo": shape_myo, "la": shape_la}
     return tuple(
-        (p["structure"], p["level"], p["phrasing"], p["text"])
-        for p in all_structure_prompts(attrs, shapes, article_rule=rule)
+        (p["structure"], p["level"], p["phrasing"], p["text"], tuple(p["attributes"]))
+        for p in all_structure_prompts(attrs, shapes, article_rule=rule, prompt_set=prompt_set)
     )
 
 
@@ -227,11 +262,14 @@ def prompts_table(files: list[Path], rule: str = "an"):
 
     # ClassLabel columns are stored as ints; the prompt words need the CAMUS spellings back.
     names = {"view": VIEWS, "phase": PHASES, "sex": SEXES, "image_quality": QUALITIES}
-    columns = {name: [] for name in ("id", "structure", "level", "phrasing", "text")}
+    columns = {name: [] for name in ("id", "structure", "level", "phrasing", "text", "attributes")}
     for path in files:
-        table = pq.read_table(path, columns=list(ATTRIBUTE_COLUMNS)).to_pydict()
+        present = set(pq.read_schema(path).names)
+        wanted = [*ATTRIBUTE_COLUMNS, "conditioned_on"] if "conditioned_on" in present else ATTRIBUTE_COLUMNS
+        table = pq.read_table(path, columns=list(wanted)).to_pydict()
         for i, row_id in enumerate(table["id"]):
             labels = {key: values[table[key][i]] for key, values in names.items()}
+            conditioned_on = table["conditioned_on"][i] if "conditioned_on" in table else None
             texts = _prompt_texts(
                 labels["view"],
                 labels["phase"],
@@ -242,13 +280,15 @@ def prompts_table(files: list[Path], rule: str = "an"):
                 table["shape_myo"][i],
                 table["shape_la"][i],
                 rule,
+                prompt_set_for(conditioned_on),
             )
-            for structure, level, phrasing, text in texts:
+            for structure, level, phrasing, text, asserts in texts:
                 columns["id"].append(row_id)
                 columns["structure"].append(structure)
                 columns["level"].append(level)
                 columns["phrasing"].append(phrasing)
                 columns["text"].append(text)
+                columns["attributes"].append(list(asserts))
     return pa.Table.from_pydict(columns, schema=arrow_schema(prompt_features()))
 
 

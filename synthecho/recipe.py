@@ -98,12 +98,22 @@ class SdmConfig(Section):
     attention: list[bool] = [False, False, True]  # attention only at the lowest resolution: CPU cost
     num_head_channels: int = 32
     condition_dropout: float = Field(0.0, ge=0, le=1)  # > 0 enables classifier-free guidance
+    # Attributes the model is conditioned on besides the label map (a class embedding): the map alone does
+    # not say whether a right heart belongs in the frame (view) or how thick the walls are (phase).
+    class_attributes: list[Literal["view", "phase", "image_quality"]] = []
+    per_class: bool = False  # one model per class of class_attributes (Echo from noise), N x the training
     train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule, as the SDM/Echo-from-noise config
     # What the network predicts. SDM predicts the noise ("epsilon"); with the cosine schedule that needs
     # long training, because near t=T (alpha_bar ~1e-9) its x0 estimate amplifies eps errors ~1e4-fold.
     # "v_prediction" learns frames that follow their masks in a few hundred steps (CPU demos).
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+
+    @model_validator(mode="after")
+    def _classes_for_per_class(self) -> SdmConfig:
+        if self.per_class and not self.class_attributes:
+            raise ValueError("per_class trains one model per class: list the classes' class_attributes")
+        return self
 
 
 class DdpmConfig(Section):

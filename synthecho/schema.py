@@ -37,16 +37,25 @@ MASK_TRANSFORM_FIELDS = {
 }
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns each schema version added (appended after the older ones). 2: what the generator was
+# conditioned on, and the filter's attribute scores (probability of the claimed view / phase).
+ADDED_IN = {2: ("conditioned_on", "view_score", "phase_score")}
 
 
 @cache
 def corpus_features(version: int = SCHEMA_VERSION):
     """Columns of a published row, in order, as of schema `version`."""
-    from datasets import ClassLabel, Features, Image, Value
+    from datasets import ClassLabel, Features, Image, Sequence, Value
 
     if not 1 <= version <= SCHEMA_VERSION:
         raise ValueError(f"corpus schema version must be 1..{SCHEMA_VERSION}, got {version}")
+    later = {
+        "conditioned_on": Sequence(Value("string")),  # label_map, view, phase, sex, age, image_quality
+        "view_score": Value("float32"),
+        "phase_score": Value("float32"),
+    }
+    added = [name for v in range(2, version + 1) for name in ADDED_IN[v]]
     return Features(
         {
             "id": Value("string"),
@@ -80,13 +89,18 @@ def corpus_features(version: int = SCHEMA_VERSION):
             "dice_myo": Value("float32"),
             "dice_la": Value("float32"),
             "copy_similarity": Value("float32"),
+            **{name: later[name] for name in added},
         }
     )
 
 
 def schema_record() -> dict:
-    """The manifest's `schema` section for files written now."""
-    return {"version": SCHEMA_VERSION, "features": corpus_features().to_dict()}
+    """The manifest's `schema` section for files written now (the corpus and its `prompts` config)."""
+    return {
+        "version": SCHEMA_VERSION,
+        "features": corpus_features().to_dict(),
+        "prompt_features": prompt_features().to_dict(),
+    }
 
 
 def recorded_features(manifest: dict):
@@ -97,19 +111,31 @@ def recorded_features(manifest: dict):
     return Features.from_dict(record["features"]) if record else corpus_features(1)
 
 
-def prompt_features():
-    """Columns of the `prompts` config (long format, one row per prompt of a corpus row)."""
-    from datasets import Features, Value
+def recorded_prompt_features(manifest: dict):
+    """The `prompts` config schema of a manifest's corpus (version 1 when it recorded none)."""
+    from datasets import Features
 
-    return Features(
-        {
-            "id": Value("string"),
-            "structure": Value("string"),
-            "level": Value("int32"),
-            "phrasing": Value("string"),
-            "text": Value("string"),
-        }
+    record = manifest.get("schema") or {}
+    return (
+        Features.from_dict(record["prompt_features"]) if "prompt_features" in record else prompt_features(1)
     )
+
+
+def prompt_features(version: int = SCHEMA_VERSION):
+    """Columns of the `prompts` config (long format, one row per prompt of a corpus row). Version 2 adds
+    `attributes`: what the prompt asserts (structure, view, phase, sex, age, image_quality, shape)."""
+    from datasets import Features, Sequence, Value
+
+    columns = {
+        "id": Value("string"),
+        "structure": Value("string"),
+        "level": Value("int32"),
+        "phrasing": Value("string"),
+        "text": Value("string"),
+    }
+    if version >= 2:
+        columns["attributes"] = Sequence(Value("string"))
+    return Features(columns)
 
 
 @cache

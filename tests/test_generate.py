@@ -42,6 +42,7 @@ class SeededSampler:
     kind = "sdm"
     mask_source = "conditioning"
     uses_prompt = True
+    conditioned_on = ("label_map", "view", "phase")
 
     def __init__(self, resolution: int = RES, delay: float = 0.0, nan: bool = False, masks: bool = False):
         self.resolution = resolution
@@ -52,7 +53,10 @@ class SeededSampler:
             self.mask_source = "generated"
         self.calls = []
 
-    def sample(self, labels, prompts, seeds, *, sampler="dpmsolver++", steps=20, guidance_scale=1.0):
+    def sample(
+        self, labels, prompts, seeds, *, sampler="dpmsolver++", steps=20, guidance_scale=1.0, attributes=None
+    ):
+        assert attributes is not None and len(attributes) == len(seeds)  # generate passes the plan's
         self.calls.append((len(seeds), sampler, steps, guidance_scale))
         time.sleep(self.delay)
         frames = []
@@ -229,13 +233,19 @@ def test_shards_split_over_workers_match_a_single_worker(tmp_path):
         write_real(run_dir, {"train": 3, "validation": 1})
     run_stage("generate", tiny_recipe(), single, sampler=SeededSampler(), progress=False)
 
-    first = run_stage("generate",
-        tiny_recipe(), split, sampler=SeededSampler(), progress=False, shard_index=1, num_shards=3
+    first = run_stage(
+        "generate", tiny_recipe(), split, sampler=SeededSampler(), progress=False, shard_index=1, num_shards=3
     )
     assert not first["complete"] and first["shards_written"] == 1 and read_manifest(split) == {}
     for index in (0, 2):
-        last = run_stage("generate",
-            tiny_recipe(), split, sampler=SeededSampler(), progress=False, shard_index=index, num_shards=3
+        last = run_stage(
+            "generate",
+            tiny_recipe(),
+            split,
+            sampler=SeededSampler(),
+            progress=False,
+            shard_index=index,
+            num_shards=3,
         )
     assert last["complete"]
     assert read_manifest(split)["shards"]["raw"] == read_manifest(single)["shards"]["raw"]

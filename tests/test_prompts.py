@@ -157,6 +157,31 @@ def test_all_structure_prompts_covers_every_combination():
         all_structure_prompts(MALE_73, {"lv": "oval", "myo": "oval"})
 
 
+def test_the_no_quality_set_is_synthetic_boosts_sdm_set():
+    """A generator that never saw image quality gets Synthetic Boost's SDM prompt set: P0-P6, P6 the shape
+    prompt without quality; every prompt names what it asserts."""
+    from synthecho.prompts import prompt_asserts, prompt_set_for, structure_prompt
+
+    shapes = {"lv": "oval", "myo": "triangle", "la": "square"}
+    rows = all_structure_prompts(MALE_73, shapes, prompt_set="no_quality")
+    assert len(rows) == 3 * 7 * 2 and max(r["level"] for r in rows) == 6
+    p6 = structure_prompt("lv", 6, "A", MALE_73, "oval", prompt_set="no_quality")
+    assert p6 == (
+        "Left ventricular cavity of oval shape in two-chamber view of the heart at end of the diastole "
+        "cycle of a seventy-three-year-old male."
+    )
+    assert "image quality" not in " ".join(r["text"] for r in rows)
+    assert prompt_asserts(6, "no_quality") == ["structure", "view", "phase", "sex", "age", "shape"]
+    assert prompt_asserts(6) == ["structure", "view", "phase", "sex", "age", "image_quality"]
+    assert prompt_asserts(0) == []
+    full = all_structure_prompts(MALE_73, shapes)
+    assert all(r["attributes"] == prompt_asserts(r["level"]) for r in full)
+    assert prompt_set_for(["label_map", "view", "phase"]) == "no_quality"
+    assert prompt_set_for(["prompt", "view", "phase", "sex", "age", "image_quality"]) == "camus"
+    with pytest.raises(ValueError, match="level"):
+        structure_prompt("lv", 7, "A", MALE_73, "oval", prompt_set="no_quality")
+
+
 @pytest.mark.parametrize(
     "field, bad",
     [("view", "3CH"), ("phase", "MID"), ("sex", "X"), ("image_quality", "Excellent"), ("age", -1)],

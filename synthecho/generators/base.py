@@ -44,6 +44,7 @@ class Sampler(Protocol):
     mask_source: str  # "conditioning" | "generated" | "segmenter"
     resolution: int
     uses_prompt: bool  # False for unconditional / label-map-only generators (their rows get prompt "")
+    conditioned_on: tuple[str, ...]  # what it was trained to follow: "label_map", "prompt", "view", ...
 
     def sample(
         self,
@@ -54,7 +55,64 @@ class Sampler(Protocol):
         sampler: str = "dpmsolver++",
         steps: int = 20,
         guidance_scale: float = 1.0,
+        attributes: list[dict] | None = None,  # per row {"view": "2CH", "phase": "ED", ...} (class inputs)
     ) -> SampleBatch: ...
+
+
+# --- class conditioning ------------------------------------------------------------------------------
+
+# Attributes a generator can take as a class (CAMUS spelling, ClassLabel order of synthecho.schema).
+CLASS_VALUES = {"view": ("2CH", "4CH"), "phase": ("ED", "ES"), "image_quality": ("Good", "Medium", "Poor")}
+
+
+@dataclass(frozen=True)
+class AttributeClasses:
+    """The class index of a row's attributes, for a class embedding added to a UNet's time embedding.
+
+    Mixed radix over `attributes` in order (view x phase: 2CH-ED 0, 2CH-ES 1, 4CH-ED 2, 4CH-ES 3). Index
+    `count` is the null class: the unconditional branch that classifier-free guidance needs, which
+    training reaches by dropping the class (with the label map or prompt) for a fraction of samples.
+    """
+
+    attributes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.attributes if name not in CLASS_VALUES]
+        if unknown or len(set(self.attributes)) != len(self.attributes):
+            raise SynthechoError(
+                f"generator.class_attributes {list(self.attributes)}: give distinct names out of {list(CLASS_VALUES)}"
+            )
+
+    @property
+    def count(self) -> int:
+        return math.prod(len(CLASS_VALUES[name]) for name in self.attributes)
+
+    @property
+    def null(self) -> int:
+        return self.count
+
+    @property
+    def embeddings(self) -> int:
+        """Rows of the class embedding table: every class and the null class."""
+        return self.count + 1
+
+    def index(self, attributes: dict) -> int:
+        index = 0
+        for name in self.attributes:
+            values = CLASS_VALUES[name]
+            if attributes.get(name) not in values:
+                raise SynthechoError(f"{name} {attributes.get(name)!r} is not one of {values}")
+            index = index * len(values) + values.index(attributes[name])
+        return index
+
+    def indices(self, rows: list[dict]) -> np.ndarray:
+        return np.array([self.index(row) for row in rows], dtype=np.int64)
+
+    def names(self) -> list[str]:
+        """Class names in index order, e.g. ["2CH-ED", "2CH-ES", "4CH-ED", "4CH-ES"]."""
+        import itertools
+
+        return ["-".join(combo) for combo in itertools.product(*(CLASS_VALUES[n] for n in self.attributes))]
 
 
 # --- sampling ----------------------------------------------------------------------------------------
@@ -323,17 +381,18 @@ def pixel_scheduler_config(config) -> dict[str, Any]:
     return plain_config(scheduler.config)
 
 
-def save_pixel_generator(out_dir: Path, save_unet, config, descriptor: dict[str, Any]) -> None:
-    """unet/ (`save_unet(folder)` writes it into a temp folder renamed into place), the noise schedule
-    (every sampler is built from it), then the descriptor."""
+def save_pixel_generator(out_dir: Path, unets: dict, config, descriptor: dict[str, Any]) -> None:
+    """The UNet folders (`unets`: folder name -> `save(folder)`, each written into a temp folder renamed
+    into place), the noise schedule (every sampler is built from it), then the descriptor."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # The descriptor marks a complete folder: remove it first, so a save killed half-way never leaves an
     # old descriptor over new weights.
     (out_dir / DESCRIPTOR_FILE).unlink(missing_ok=True)
-    tmp = out_dir / ".unet.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed save
-    save_unet(tmp)
-    replace_folder(tmp, out_dir / "unet")
+    for name, save_unet in unets.items():
+        tmp = out_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed save
+        save_unet(tmp)
+        replace_folder(tmp, out_dir / name)
     write_json_atomic(out_dir / "scheduler" / "scheduler_config.json", pixel_scheduler_config(config))
     write_descriptor(out_dir, descriptor)
 

@@ -95,6 +95,7 @@ class ControlNetSampler(latent.LatentSampler):
 
     kind = KIND
     mask_source = "conditioning"
+    conditioned_on = ("label_map", *latent.LatentSampler.conditioned_on)
 
     def __init__(self, pipe, resolution: int, device: str, dtype, conditioning_scale: float = 1.0):
         super().__init__(pipe, resolution, device, dtype)
@@ -110,6 +111,7 @@ class ControlNetSampler(latent.LatentSampler):
         sampler: str = "dpmsolver++",
         steps: int = 20,
         guidance_scale: float = 1.0,
+        attributes: list[dict] | None = None,  # the prompt already carries them
     ) -> SampleBatch:
         """(B, H, W) 5-class maps + prompts + seeds -> (B, H, W) uint8 frames, 0 outside the sector."""
         labels = check_label_maps(labels, seeds, self.resolution, KIND)

@@ -119,7 +119,10 @@ def save(unet, out_dir: Path, config, resolution: int) -> None:
         "mask_source": "generated" if config.joint_masks else "segmenter",
     }
     save_pixel_generator(
-        out_dir, lambda folder: unet.save_pretrained(folder, safe_serialization=True), config, descriptor
+        out_dir,
+        {"unet": lambda folder: unet.save_pretrained(folder, safe_serialization=True)},
+        config,
+        descriptor,
     )
 
 
@@ -153,6 +156,7 @@ class DdpmSampler:
         self.resolution = resolution
         self.config = config
         self.mask_source = "generated" if config.joint_masks else "segmenter"
+        self.conditioned_on = ("view", "phase") if config.class_conditional else ()
         self.device = device
         self.dtype = dtype
 

@@ -417,6 +417,8 @@ class LatentSampler:
 
     uses_prompt = True
     kind: str
+    # The image-level prompt names view, phase, sex, age and image quality (synthecho.prompts.image_prompt).
+    conditioned_on: tuple[str, ...] = ("view", "phase", "sex", "age", "image_quality")
 
     def __init__(self, pipe, resolution: int, device: str, dtype):
         device = resolve_device(device)

@@ -53,6 +53,7 @@ class SdSampler(latent.LatentSampler):
         sampler: str = "dpmsolver++",
         steps: int = 20,
         guidance_scale: float = 1.0,
+        attributes: list[dict] | None = None,  # the prompt already carries them
     ) -> SampleBatch:
         """(B, H, W) uint8 frames for B prompts; `labels` is ignored (text-only conditioning)."""
         if seeds is not None and len(seeds) == 0:

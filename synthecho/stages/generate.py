@@ -117,6 +117,12 @@ def as_uint8(array, high: int) -> np.ndarray:
     )
 
 
+def row_attributes(batch) -> list[dict]:
+    """The attributes each planned row claims (what a class-conditioned generator is given)."""
+    names = ("view", "phase", "sex", "age", "image_quality")
+    return [{name: getattr(row, name) for name in names} for row in batch]
+
+
 def batch_rows(batch, images, masks, common: dict, prompt_used: bool) -> list[dict]:
     """Row dicts of the corpus schema (image/mask still arrays; shape words filled in by the writer)."""
     from synthecho.schema import MASK_TRANSFORM_FIELDS, PHASES, QUALITIES, SEXES, VIEWS, class_index
@@ -147,6 +153,8 @@ def batch_rows(batch, images, masks, common: dict, prompt_used: bool) -> list[di
                 "dice_myo": None,
                 "dice_la": None,
                 "copy_similarity": None,
+                "view_score": None,
+                "phase_score": None,
             }
         )
     return rows
@@ -237,6 +245,7 @@ def run(
         "guidance_scale": config.guidance_scale,
         "batch_size": config.batch_size,
         "mask_source": sampler.mask_source,
+        "conditioned_on": list(getattr(sampler, "conditioned_on", ())),
     }
     # Everything besides the plan rows that decides a shard's bytes: part of each shard's key.
     settings = {**common, "uses_prompt": bool(sampler.uses_prompt), "precision": precision}
@@ -280,6 +289,7 @@ def run(
                         sampler=config.sampler,
                         steps=config.steps,
                         guidance_scale=config.guidance_scale,
+                        attributes=row_attributes(batch),
                     )
                 images = as_uint8(result.images, 255)
                 if sampler.mask_source == "conditioning":
@@ -374,6 +384,7 @@ def _finalize(recipe, run_dir, plan, shards, markers, settings, device, precisio
         "generator": settings["generator"],
         "generator_sha256": settings["generator_sha256"],
         "mask_source": settings["mask_source"],
+        "conditioned_on": settings["conditioned_on"],
         "plan_sha256": sha256_json([row.to_dict() for row in plan]),
         "rows_planned": rows_per_split(plan),
         "workers": info["num_shards"],
