@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import groupby
 
+import numpy as np
+
 from synthecho.errors import SynthechoError
 
 # Seeds are stored in an int64 column and fed to torch/numpy generators: keep them non-negative int63.
@@ -182,3 +184,27 @@ def my_shards(shards: Sequence[ShardPlan], shard_index: int, num_shards: int) ->
             f"0 <= shard_index < num_shards"
         )
     return [shard for shard in shards if shard.ordinal % num_shards == shard_index]
+
+
+# --- what the sampler is given for a batch of planned rows (generate, regenerate) ---------------------
+
+
+def conditioning(batch, real) -> tuple[np.ndarray, np.ndarray]:
+    """(perturbed masks 0..3, 5-class conditioning maps) of a batch, each (B, H, W) uint8."""
+    from synthecho.labels import to_condition_labels
+    from synthecho.perturb import apply_transform
+
+    masks, labels = [], []
+    for row in batch:
+        split = real[row.split]
+        sector = split.sectors[row.source_index]
+        mask = apply_transform(split.masks[row.source_index], sector, row.mask_transform)
+        masks.append(mask)
+        labels.append(to_condition_labels(mask, sector))
+    return np.stack(masks), np.stack(labels)
+
+
+def row_attributes(batch) -> list[dict]:
+    """The attributes each planned row claims (what a class-conditioned generator is given)."""
+    names = ("view", "phase", "sex", "age", "image_quality")
+    return [{name: getattr(row, name) for name in names} for row in batch]

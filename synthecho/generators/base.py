@@ -415,3 +415,13 @@ def pixel_frames(x) -> np.ndarray:
     import torch
 
     return ((x[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def as_uint8(array, high: int) -> np.ndarray:
+    """Sampler output as uint8 in [0, high]; NaN/inf become 0 so degenerate rows are written, not fatal."""
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return np.minimum(array, high) if high < 255 else array
+    return np.clip(np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=high, neginf=0), 0, high).astype(
+        np.uint8
+    )

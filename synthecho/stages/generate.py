@@ -20,13 +20,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 from synthecho import profiling
 from synthecho.errors import SynthechoError
+from synthecho.generators.base import as_uint8
 from synthecho.io import sha256_json, sha256_model_folder
 from synthecho.layout import RunLayout
-from synthecho.plan import ShardPlan, build_plan, my_shards, rows_per_split, shards_of
+from synthecho.plan import (
+    ShardPlan,
+    build_plan,
+    conditioning,
+    my_shards,
+    row_attributes,
+    rows_per_split,
+    shards_of,
+)
 from synthecho.shards import (
     BackgroundWriter,
     ShardFile,
@@ -90,37 +97,6 @@ def generator_name(recipe, sampler) -> str:
 
 
 # --- 5. one batch ---------------------------------------------------------------------------------------
-
-
-def conditioning(batch, real) -> tuple[np.ndarray, np.ndarray]:
-    """(perturbed masks 0..3, 5-class conditioning maps) of a batch, each (B, H, W) uint8."""
-    from synthecho.labels import to_condition_labels
-    from synthecho.perturb import apply_transform
-
-    masks, labels = [], []
-    for row in batch:
-        split = real[row.split]
-        sector = split.sectors[row.source_index]
-        mask = apply_transform(split.masks[row.source_index], sector, row.mask_transform)
-        masks.append(mask)
-        labels.append(to_condition_labels(mask, sector))
-    return np.stack(masks), np.stack(labels)
-
-
-def as_uint8(array, high: int) -> np.ndarray:
-    """Sampler output as uint8 in [0, high]; NaN/inf become 0 so degenerate rows are written, not fatal."""
-    array = np.asarray(array)
-    if array.dtype == np.uint8:
-        return np.minimum(array, high) if high < 255 else array
-    return np.clip(np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=high, neginf=0), 0, high).astype(
-        np.uint8
-    )
-
-
-def row_attributes(batch) -> list[dict]:
-    """The attributes each planned row claims (what a class-conditioned generator is given)."""
-    names = ("view", "phase", "sex", "age", "image_quality")
-    return [{name: getattr(row, name) for name in names} for row in batch]
 
 
 def batch_rows(batch, images, masks, common: dict, prompt_used: bool) -> list[dict]:
