@@ -6,10 +6,11 @@ re-render every committed card (`cards/<dataset>/README.md`) from its committed 
 sections (downstream results, Inception metrics, a run that has not been filtered yet) render as an
 explicit sentence, never as an error.
 
-The YAML header is built with huggingface_hub's `DatasetCardData` and the `datasets` library's own
-serialisers (`MetadataConfigs`, `DatasetInfosDict`), so `configs:` and `dataset_info.features` are in exactly
-the form `datasets` reads back; the features are the schema the manifest records (`synthecho.schema`),
-which is the one written into every Parquet file's metadata. The body is the Jinja2 template
+The YAML header is built with huggingface_hub's `DatasetCardData` and `synthecho.card_header`, which
+writes `configs:` and `dataset_info.features` exactly as the `datasets` library's own serialisers do
+(`MetadataConfigs`, `DatasetInfosDict`; a test compares them) without importing it; the features are the
+schema the manifest records (`synthecho.schema`), which is the one written into every Parquet file's
+metadata. The body is the Jinja2 template
 `synthecho/templates/dataset_card.md`.
 """
 
@@ -61,14 +62,14 @@ def _source_dataset(manifest: dict) -> str:
 
 
 def card_data(manifest: dict):
-    """The `DatasetCardData` of the YAML header: licence, tasks, configs and dataset_info."""
-    from datasets import DatasetInfo
-    from datasets.info import DatasetInfosDict
-    from datasets.splits import SplitDict, SplitInfo
-    from datasets.utils.metadata import MetadataConfigs
+    """The `DatasetCardData` of the YAML header: licence, tasks, configs and dataset_info.
+
+    Built without `datasets` (synthecho.card_header), so `card --check` and `card --push` run in a CI
+    job that installs neither torch nor datasets; the YAML is what `datasets`' own serialisers write.
+    """
     from huggingface_hub import DatasetCardData
 
-    from synthecho.schema import prompt_features, recorded_features
+    from synthecho.card_header import dataset_info_yaml, recorded_feature_dict, recorded_prompt_feature_dict
 
     rows = published_rows(manifest)
     sizes = published_bytes(manifest)
@@ -88,28 +89,28 @@ def card_data(manifest: dict):
         configs["default"] = {
             "data_files": [{"split": s, "path": hub.DATA_PATTERN.format(split=s)} for s in splits]
         }
-    MetadataConfigs(configs).to_dataset_card_data(data)
+    data["configs"] = [{"config_name": name, **config} for name, config in sorted(configs.items())]
 
     # num_bytes is the Parquet size (image columns are stored uncompressed, so close to the Arrow size);
     # num_examples is exact and load_dataset checks it against the files.
-    corpus_splits, prompt_splits = SplitDict(), SplitDict()
-    for split in splits:
-        corpus_splits.add(SplitInfo(name=split, num_bytes=sizes[split], num_examples=rows[split]))
     # The prompts config is built by publish; the filter stage measured its Arrow size (0 if unknown).
     prompt_bytes = int(manifest_get(manifest, "shards.prompts.arrow_bytes", 0) or 0)
-    prompt_splits.add(
-        SplitInfo(name="train", num_bytes=prompt_bytes, num_examples=sum(rows.values()) * PROMPTS_PER_ROW)
-    )
-    total = sum(sizes.values())
-    infos = {"prompts": DatasetInfo(features=prompt_features(), splits=prompt_splits)}
+    prompt_rows = sum(rows.values()) * PROMPTS_PER_ROW
+    infos = {
+        "prompts": {
+            "features": recorded_prompt_feature_dict(manifest),
+            "splits": [{"name": "train", "num_bytes": prompt_bytes, "num_examples": prompt_rows}],
+        }
+    }
     if splits:
-        infos["default"] = DatasetInfo(
-            features=recorded_features(manifest),
-            splits=corpus_splits,
-            download_size=total,
-            dataset_size=total,
-        )
-    DatasetInfosDict(infos).to_dataset_card_data(data)
+        total = sum(sizes.values())
+        infos["default"] = {
+            "features": recorded_feature_dict(manifest),
+            "splits": [{"name": s, "num_bytes": sizes[s], "num_examples": rows[s]} for s in splits],
+            "download_size": total,
+            "dataset_size": total,
+        }
+    data["dataset_info"] = dataset_info_yaml(infos)
     return data
 
 
@@ -182,35 +183,45 @@ def export_committed(run_dir: Path, repo_root: Path) -> tuple[Path, Path]:
     return manifest_path, card_path
 
 
+def _version_key(path: Path):
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return (1, Version(path.stem), path.stem)
+    except InvalidVersion:
+        return (0, None, path.stem)
+
+
+def newest_manifests(repo_root: Path) -> dict[str, Path | None]:
+    """Dataset name -> its newest committed manifest (None for a card without one), for every dataset
+    that has a manifest or a card. The card describes the newest version; older manifests stay as the
+    record of past releases."""
+    repo_root = Path(repo_root)
+    names = {p.parent.name for p in (repo_root / "manifests").glob("*/*.json")}
+    names |= {p.parent.name for p in (repo_root / "cards").glob("*/README.md")}
+    newest = {}
+    for name in sorted(names):
+        manifests = sorted((repo_root / "manifests" / name).glob("*.json"), key=_version_key)
+        newest[name] = manifests[-1] if manifests else None
+    return newest
+
+
 def check_cards(repo_root: Path) -> list[str]:
     """Re-render every committed card from its newest committed manifest; one entry per stale card.
 
     Each entry names the card and holds a unified diff (committed -> re-rendered). A card with no
     manifest, or a manifest with no card, is reported too. An empty list means all cards are fresh.
     """
-    from packaging.version import InvalidVersion, Version
-
     repo_root = Path(repo_root)
-
-    def version_key(path: Path):
-        try:
-            return (1, Version(path.stem), path.stem)
-        except InvalidVersion:
-            return (0, None, path.stem)
-
     stale = []
-    names = {p.parent.name for p in (repo_root / "manifests").glob("*/*.json")}
-    names |= {p.parent.name for p in (repo_root / "cards").glob("*/README.md")}
-    for name in sorted(names):
-        manifests = sorted((repo_root / "manifests" / name).glob("*.json"), key=version_key)
+    for name, manifest_path in newest_manifests(repo_root).items():
         card_path = repo_root / "cards" / name / "README.md"
-        if not manifests:
+        if manifest_path is None:
             stale.append(f"{card_path.relative_to(repo_root)}: no manifest in manifests/{name}/")
             continue
-        # The card describes the newest version; older manifests stay as the record of past releases.
-        expected = render_card(read_json(manifests[-1]))
+        expected = render_card(read_json(manifest_path))
         if not card_path.is_file():
-            stale.append(f"{card_path.relative_to(repo_root)}: missing (manifest {manifests[-1].name})")
+            stale.append(f"{card_path.relative_to(repo_root)}: missing (manifest {manifest_path.name})")
             continue
         committed = card_path.read_text(encoding="utf-8")
         if committed != expected:
@@ -219,7 +230,7 @@ def check_cards(repo_root: Path) -> list[str]:
                 committed.splitlines(keepends=True),
                 expected.splitlines(keepends=True),
                 fromfile=f"{relative} (committed)",
-                tofile=f"{relative} (rendered from {manifests[-1].relative_to(repo_root).as_posix()})",
+                tofile=f"{relative} (rendered from {manifest_path.relative_to(repo_root).as_posix()})",
             )
             stale.append(f"{relative}: stale\n" + "".join(diff))
     return stale

@@ -68,26 +68,28 @@ ARCHITECTURE_KEYS = ("channels", "layers_per_block", "attention", "train_timeste
 # --- data and source ---------------------------------------------------------------------------------
 
 
-def _feature_type(feature) -> str:
-    from datasets import ClassLabel, Image, Value
-
-    if isinstance(feature, Image):
+def _feature_type(feature: dict) -> str:
+    """A column's type in the card, from its `Features.to_dict()` form (no `datasets` import: CI)."""
+    kind = feature.get("_type")
+    if kind == "Image":
         return "Image (PNG)"
-    if isinstance(feature, ClassLabel):
-        return "ClassLabel (" + ", ".join(feature.names) + ")"
-    if isinstance(feature, Value):
-        return feature.dtype
-    if isinstance(feature, dict):
+    if kind == "ClassLabel":
+        return "ClassLabel (" + ", ".join(feature["names"]) + ")"
+    if kind == "Value":
+        return feature["dtype"]
+    if kind in ("List", "LargeList", "Sequence"):
+        return f"list of {_feature_type(feature['feature'])}"
+    if kind is None:
         return "struct {" + ", ".join(f"{k}: {_feature_type(v)}" for k, v in feature.items()) + "}"
-    return type(feature).__name__
+    return kind
 
 
 def _columns(manifest: dict) -> list[dict]:
-    from synthecho.schema import recorded_features
+    from synthecho.card_header import recorded_feature_dict
 
     return [
         {"name": name, "type": _feature_type(feature), "meaning": COLUMN_DOCS.get(name, "")}
-        for name, feature in recorded_features(manifest).items()
+        for name, feature in recorded_feature_dict(manifest).items()
     ]
 
 

@@ -158,10 +158,20 @@ def card(
             "--commit", help="also write manifests/<name>/<version>.json and cards/<name>/ in --repo-root"
         ),
     ] = False,
+    push: Annotated[
+        bool,
+        typer.Option(
+            "--push",
+            help="upload each published dataset's card (+ grid) to its Hub repo when it differs (CI)",
+        ),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="with --push: print the Hub calls, change nothing")] = False,
 ):
-    """Render the dataset card from the manifest, or --check every committed card."""
+    """Render the dataset card from the manifest, --check every committed card, or --push them to the Hub.
+
+    --check and --push read only manifests/ and cards/ (no run, no torch or datasets): a CI job.
+    """
     from synthecho import card as cards
-    from synthecho.stages import run_stage
 
     if check:
         stale = cards.check_cards(repo_root)
@@ -173,9 +183,20 @@ def card(
                 f"and commit cards/ and manifests/."
             )
         typer.echo("cards: all committed cards match their manifests")
+    if push:
+        from synthecho.card_push import push_cards
+
+        push_cards(repo_root, dry_run=dry_run, echo=typer.echo)
+    if check or push:
         return
+    if dry_run:
+        raise SynthechoError("--dry-run goes with --push (card rendering itself changes only the run)")
     if recipe is None:
-        raise SynthechoError("pass --recipe to render a card, or --check to verify the committed cards")
+        raise SynthechoError(
+            "pass --recipe to render a card, --check to verify the committed cards, or --push to upload them"
+        )
+    from synthecho.stages import run_stage
+
     loaded, folder = _load(recipe, set, run_dir)
     _report("card", run_stage("card", loaded, folder, force=force))
     if commit:

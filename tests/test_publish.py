@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from unittest.mock import call, create_autospec
 
 import pytest
@@ -196,10 +197,12 @@ def test_with_generator_pushes_a_linked_model_repo_first(run_dir, tmp_path):
         "publish", tiny_recipe(), run_dir, to=out, repo_id="org/tiny", with_generator=True, api=api
     )
     names = [c[0] for c in api.method_calls]
-    assert names == ["create_repo", "list_repo_refs", "upload_folder", "create_tag"] * 2
-    assert api.create_repo.call_args_list[0] == call(
-        "org/tiny-generator", repo_type="model", private=False, exist_ok=True
-    )
+    # Both repos exist and neither has the tag before anything is uploaded; then model, then dataset.
+    assert names == ["create_repo", "list_repo_refs"] * 2 + ["upload_folder", "create_tag"] * 2
+    assert api.create_repo.call_args_list == [
+        call("org/tiny", repo_type="dataset", private=False, exist_ok=True),
+        call("org/tiny-generator", repo_type="model", private=False, exist_ok=True),
+    ]
     assert api.create_tag.call_args_list == [
         call("org/tiny-generator", tag="v0.1.0", revision="b" * 40, repo_type="model"),
         call("org/tiny", tag="v0.1.0", revision="c" * 40, repo_type="dataset"),
@@ -269,3 +272,194 @@ def test_publish_needs_filtered_shards(tmp_path):
     write_json_atomic(run_dir / "manifest.json", manifest)
     with pytest.raises(SynthechoError, match="run the filter stage"):
         run_stage("publish", tiny_recipe(), run_dir, to=tmp_path / "out")
+
+
+# --- Hub failures: one `error:` line, exit 2, nothing half-published ---------------------------------
+
+FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
+
+
+@pytest.fixture()
+def cli_run(run_dir, tmp_path, monkeypatch):
+    """(recipe file, run dir, invoke) for `synthecho publish` through the real CLI with a fake token."""
+    import yaml
+
+    recipe_file = tmp_path / "tiny.yaml"
+    recipe_file.write_text(yaml.safe_dump(tiny_recipe().model_dump(mode="json")), encoding="utf-8")
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("SYNTHECHO_HUB_RETRIES", "2")
+    monkeypatch.setattr("time.sleep", lambda seconds: None)  # the backoff, without the wait
+
+    def invoke(api, *extra):
+        import huggingface_hub
+        from typer.testing import CliRunner
+
+        from synthecho.cli import app
+
+        monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: api)
+        args = ["publish", "--recipe", str(recipe_file), "--run-dir", str(run_dir), "--repo-id", "org/tiny"]
+        return CliRunner().invoke(app, [*args, *extra])
+
+    return recipe_file, run_dir, invoke
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def _tree_bytes(folder) -> dict:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+HUB_FAILURES = {
+    "token (401)": (
+        "create_repo",
+        (401, "Invalid credentials in Authorization header"),
+        "error: creating dataset repo org/tiny: the Hub rejected the credentials (HTTP 401): Invalid credentials "
+        "in Authorization header: set HF_TOKEN to a valid token with write access (or run `hf auth login`); an "
+        "expired or revoked token must be replaced.",
+    ),
+    "no write access (403)": (
+        "create_repo",
+        (403, 'You don\'t have the rights to create a dataset under the namespace "org"'),
+        "error: creating dataset repo org/tiny: this token may not write to org/tiny (HTTP 403): You don't have "
+        'the rights to create a dataset under the namespace "org": use a token with write access to it (a '
+        "fine-grained token needs write permission on that repo or its organisation).",
+    ),
+    "missing repo (404)": (
+        "list_repo_refs",
+        (404, "Repository not found"),
+        "error: reading the tags of dataset repo org/tiny: org/tiny was not found (HTTP 404): Repository not "
+        "found: check the repo id (ORG/NAME), that it exists, and that the token can see it (private repos "
+        "need a token of a member).",
+    ),
+    "rate limit (429)": (
+        "upload_folder",
+        (429, "You have been rate-limited"),
+        "error: uploading to dataset repo org/tiny: the Hub is rate-limiting this token (HTTP 429): You "
+        "have been rate-limited and retries did not help: wait a few minutes and rerun (what was published "
+        "before this call stays).",
+    ),
+    "tag created meanwhile (409)": (
+        "create_tag",
+        (409, "Tag reference exists already"),
+        "error: tagging dataset repo org/tiny v0.1.0 (HTTP 409): Tag reference exists already: dataset repo "
+        "org/tiny already has tag v0.1.0: bump the recipe key `version` to publish a new version (published "
+        "versions are never overwritten).",
+    ),
+}
+
+
+@pytest.mark.parametrize("failure", list(HUB_FAILURES))
+def test_hub_failures_are_one_error_line_and_publish_nothing_half_way(cli_run, failure):
+    from hub_fixtures import http_error
+
+    method, (status, text), expected = HUB_FAILURES[failure]
+    _, run_dir, invoke = cli_run
+    api, _ = _api("f" * 40)
+    getattr(api, method).side_effect = http_error(status, text)
+    before = _tree_bytes(run_dir)
+    result = invoke(api)
+    assert result.exit_code == 2, result.output
+    assert _error_lines(result.output) == [expected]
+    assert "Traceback" not in result.output and FAKE_TOKEN not in result.output
+    assert _tree_bytes(run_dir) == before  # manifest (and everything else in the run) unchanged
+    if method != "create_tag":
+        assert not api.create_tag.called  # no tag without its commit
+    retried = api.upload_folder.call_count if method == "upload_folder" else 1
+    assert retried == (3 if status == 429 else 1)  # 429: the first try + SYNTHECHO_HUB_RETRIES=2
+
+
+def test_an_existing_tag_through_the_cli_is_one_error_line(cli_run):
+    _, run_dir, invoke = cli_run
+    api, uploaded = _api("d" * 40, tags=("v0.1.0",))
+    result = invoke(api)
+    assert result.exit_code == 2 and uploaded == []
+    assert _error_lines(result.output) == [
+        "error: dataset repo org/tiny already has tag v0.1.0: bump the recipe key `version` to publish a new "
+        "version (published versions are never overwritten)."
+    ]
+
+
+def test_transient_errors_are_retried_and_the_publish_completes(cli_run):
+    from hub_fixtures import http_error
+
+    _, run_dir, invoke = cli_run
+    api, uploaded = _api("a" * 40)
+    api.create_repo.side_effect = [http_error(503, ""), http_error(502, ""), None]
+    result = invoke(api)
+    assert result.exit_code == 0, result.output
+    assert api.create_repo.call_count == 3 and len(uploaded) == 1
+    assert "retry 1 of 2" in result.output and "retry 2 of 2" in result.output
+    assert read_json(run_dir / "manifest.json")["publish"]["commit"] == "a" * 40
+
+
+def test_a_failed_tag_leaves_the_manifest_alone_and_the_rerun_finishes(cli_run):
+    from hub_fixtures import http_error
+
+    _, run_dir, invoke = cli_run
+    api, uploaded = _api("a" * 40, "b" * 40)
+    api.create_tag.side_effect = [http_error(500, "")] * 3 + [None]
+    failed = invoke(api)
+    assert failed.exit_code == 2 and "server error (HTTP 500)" in _error_lines(failed.output)[0]
+    assert "publish" not in read_json(run_dir / "manifest.json")  # the commit is recorded only once tagged
+    done = invoke(api)  # the untagged commit is replaced by a new one, which gets the tag
+    assert done.exit_code == 0, done.output
+    assert len(uploaded) == 2 and api.create_tag.call_args.kwargs["revision"] == "b" * 40
+    assert read_json(run_dir / "manifest.json")["publish"]["commit"] == "b" * 40
+
+
+def test_a_generator_tag_left_by_a_stopped_publish_is_reused(run_dir):
+    api, uploaded = _api("c" * 40)
+    refs = {
+        "org/tiny": GitRefs(branches=[], converts=[], tags=[]),
+        "org/tiny-generator": GitRefs(
+            branches=[],
+            converts=[],
+            tags=[GitRefInfo(name="v0.1.0", ref="refs/tags/v0.1.0", target_commit="b" * 40)],
+        ),
+    }
+    api.list_repo_refs.side_effect = lambda repo_id, **kwargs: refs[repo_id]
+    result = run_stage("publish", tiny_recipe(), run_dir, repo_id="org/tiny", with_generator=True, api=api)
+    assert [repo for repo, _ in uploaded] == ["org/tiny"]  # the generator is not uploaded again
+    assert result["generator_commit"] == "b" * 40 and result["commit"] == "c" * 40
+
+
+def _real_cli(run_dir, recipe_file, env: dict) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    args = ["publish", "--recipe", str(recipe_file), "--run-dir", str(run_dir), "--repo-id", "org/tiny"]
+    return subprocess.run(
+        [sys.executable, "-m", "synthecho", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_TOKEN": FAKE_TOKEN, **env},
+        timeout=300,
+    )
+
+
+def test_offline_and_unreachable_hub_for_real(cli_run, tmp_path):
+    """Real HfApi, real huggingface_hub: offline mode, then a Hub endpoint where nothing listens."""
+    recipe_file, run_dir, _ = cli_run
+    before = _tree_bytes(run_dir)
+    offline = _real_cli(run_dir, recipe_file, {"HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr
+    assert _error_lines(offline.stderr) == [
+        "error: creating dataset repo org/tiny: the Hugging Face Hub is disabled on this machine (HF_HUB_OFFLINE "
+        "is set): unset HF_HUB_OFFLINE to reach it, or work locally with --to DIR or --dry-run."
+    ]
+    # Port 9 on the loopback: nothing listens, the connection is refused at once.
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "SYNTHECHO_HUB_RETRIES": "1"}
+    unreachable = _real_cli(run_dir, recipe_file, env)
+    assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
+    (line,) = _error_lines(unreachable.stderr)
+    assert line.startswith("error: creating dataset repo org/tiny: cannot reach the Hugging Face Hub at "
+                           "http://127.0.0.1:9")  # fmt: skip
+    assert line.endswith("check the network or proxy (HTTPS_PROXY, HF_ENDPOINT) and rerun; nothing was "
+                         "published by this call.")  # fmt: skip
+    assert "retry 1 of 1" in unreachable.stderr
+    for output in (offline.stdout + offline.stderr, unreachable.stdout + unreachable.stderr):
+        assert FAKE_TOKEN not in output
+    assert _tree_bytes(run_dir) == before
+    assert not any(FAKE_TOKEN.encode() in data for data in _tree_bytes(run_dir).values())

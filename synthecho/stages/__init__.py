@@ -142,10 +142,17 @@ def run_stage(
         if still_fresh is None or still_fresh(recipe, run_dir):
             return {"skipped": True, **read_stage_marker(run_dir, name)["info"]}
     started = time.time()
-    info = module.run(recipe, run_dir, force=force, progress=progress, **options)
-    seconds = round(time.time() - started, 3)
-    if stage.marked and info.get("complete", True):
-        seconds = mark_done(recipe, run_dir, name, info, started)["seconds"]
+    try:
+        info = module.run(recipe, run_dir, force=force, progress=progress, **options)
+        seconds = round(time.time() - started, 3)
+        if stage.marked and info.get("complete", True):
+            seconds = mark_done(recipe, run_dir, name, info, started)["seconds"]
+    except OSError as error:  # a full disk is the user's to fix: one line naming the folder and the need
+        from synthecho.diskspace import disk_full_error, is_disk_full
+
+        if not is_disk_full(error):
+            raise
+        raise disk_full_error(name, recipe, run_dir, error, folder=options.get("to")) from error
     return {"skipped": False, "seconds": seconds, **info}
 
 

@@ -11,11 +11,13 @@ card as `<repo_id>-generator`, and the two cards link to each other.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 from synthecho.card import export_committed, render_card
 from synthecho.errors import SynthechoError
+from synthecho.hubcalls import hub_call
 from synthecho.layout import hub
 from synthecho.manifest import dataset_section
 from synthecho.publish import (
@@ -28,31 +30,101 @@ from synthecho.publish import (
 )
 
 
-def _push(
-    api, repo_id: str, repo_type: str, folder: Path, version: str, private: bool, delete_patterns=None
+def _existing_tag(api, repo_id: str, repo_type: str, tag: str):
+    """The GitRefInfo of `tag` in the repo, or None (a repo that does not exist yet has no tags)."""
+    refs = hub_call(
+        f"reading the tags of {repo_type} repo {repo_id}",
+        api.list_repo_refs,
+        repo_id,
+        repo_type=repo_type,
+        repo=repo_id,
+    )
+    return next((ref for ref in getattr(refs, "tags", None) or [] if ref.name == tag), None)
+
+
+def _open_repo(api, repo_id: str, repo_type: str, private: bool, tag: str):
+    """create_repo (exist_ok) -> the repo's GitRefInfo of `tag`, or None when the version is new."""
+    hub_call(
+        f"creating {repo_type} repo {repo_id}",
+        api.create_repo,
+        repo_id,
+        repo_type=repo_type,
+        private=private,
+        exist_ok=True,
+        repo=repo_id,
+    )
+    return _existing_tag(api, repo_id, repo_type, tag)
+
+
+def _upload_and_tag(
+    api, repo_id: str, repo_type: str, folder: Path, version: str, delete_patterns=None
 ) -> str:
-    """create_repo -> upload_folder (one commit) -> create_tag v{version} on that commit; returns the oid."""
+    """upload_folder (one commit) -> create_tag v{version} on that commit; returns the commit oid.
+
+    Every call goes through `hub_call` (retries, then one clear error). A failure before the tag leaves at
+    most an untagged commit, which the next publish replaces; the manifest is written only after this.
+    """
     tag = f"v{version}"
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    # A version tag is immutable: refuse before uploading anything rather than fail after the commit.
-    existing = {ref.name for ref in getattr(api.list_repo_refs(repo_id, repo_type=repo_type), "tags", [])}
-    if tag in existing:
-        raise SynthechoError(
-            f"{repo_type} repo {repo_id} already has tag {tag}: bump the recipe key `version` to publish a "
-            f"new version (published versions are never overwritten)."
-        )
-    commit = api.upload_folder(
+    commit = hub_call(
+        f"uploading to {repo_type} repo {repo_id}",
+        api.upload_folder,
         repo_id=repo_id,
         repo_type=repo_type,
         folder_path=str(folder),
         commit_message=f"synthecho {version}",
         delete_patterns=delete_patterns,
+        repo=repo_id,
     )
     oid = getattr(commit, "oid", None)
     if not oid:
         raise SynthechoError(f"upload to {repo_id} returned no commit id; nothing was tagged")
-    api.create_tag(repo_id, tag=tag, revision=oid, repo_type=repo_type)
+    hub_call(
+        f"tagging {repo_type} repo {repo_id} {tag}",
+        api.create_tag,
+        repo_id,
+        tag=tag,
+        revision=oid,
+        repo_type=repo_type,
+        repo=repo_id,
+        conflict=_tag_exists(repo_type, repo_id, tag),
+    )
     return oid
+
+
+def _tag_exists(repo_type: str, repo_id: str, tag: str) -> str:
+    return (
+        f"{repo_type} repo {repo_id} already has tag {tag}: bump the recipe key `version` to publish a "
+        f"new version (published versions are never overwritten)."
+    )
+
+
+def _push_all(api, repo_id: str, model_repo: str | None, folder: Path, staging, version: str, private: bool):
+    """The generator's model repo, then the dataset; returns {generator_commit?, commit}.
+
+    The dataset's tag decides whether this version exists, so it is checked before anything goes up.
+    A generator tag without its dataset tag is what a publish that stopped in between leaves: it is
+    reused, so rerunning finishes the job instead of refusing.
+    """
+    tag = f"v{version}"
+    if _open_repo(api, repo_id, "dataset", private, tag) is not None:
+        raise SynthechoError(_tag_exists("dataset", repo_id, tag))
+    commits = {}
+    if model_repo:
+        tagged = _open_repo(api, model_repo, "model", private, tag)
+        if tagged is not None:
+            print(
+                f"publish: model repo {model_repo} already has {tag} (an earlier publish stopped before the "
+                f"dataset): reusing its commit {tagged.target_commit[:12]}",
+                file=sys.stderr,
+            )
+            commits["generator_commit"] = tagged.target_commit
+        else:
+            commits["generator_commit"] = _upload_and_tag(api, model_repo, "model", staging(), version)
+    # Stale shards of an earlier version (another shard count) must not match data/train-* any more.
+    commits["commit"] = _upload_and_tag(
+        api, repo_id, "dataset", folder, version, delete_patterns=["data/*", "prompts/*"]
+    )
+    return commits
 
 
 def _describe(files: list[tuple[str, int | None]], calls: list[str]) -> str:
@@ -164,14 +236,13 @@ def run(
 
             api = HfApi()
         publish_section = dict(manifest["publish"])
-        if model_repo:
-            staging = Path(scratch) / "generator"
-            stage_generator(run_dir, staging, render_generator_card(manifest, repo_id, model_repo))
-            publish_section["generator_commit"] = _push(api, model_repo, "model", staging, version, private)
-        # Stale shards of an earlier version (another shard count) must not match data/train-* any more.
-        publish_section["commit"] = _push(
-            api, repo_id, "dataset", folder, version, private, delete_patterns=["data/*", "prompts/*"]
-        )
+
+        def staging() -> Path:  # the model repo folder, staged only when it is uploaded
+            model_folder = Path(scratch) / "generator"
+            stage_generator(run_dir, model_folder, render_generator_card(manifest, repo_id, model_repo))
+            return model_folder
+
+        publish_section.update(_push_all(api, repo_id, model_repo, folder, staging, version, private))
 
     # 6. Record the published commit (and refresh the committed copies when asked).
     update_manifest(run_dir, dataset=manifest["dataset"], publish=publish_section)

@@ -9,6 +9,13 @@
 Each half writes its completion marker (`<folder>/.complete.json`) with its input hash when it has
 finished, so an interruption during the segmenter does not retrain the generator.
 
+Several processes (`accelerate launch`, `torchrun`): the generator trains data-parallel on all of them
+(`synthecho.training`); only the main process writes (checkpoints, the generator folder, its grid, the
+segmenter, markers, manifest). The segmenter is small and trains on the main process alone while the
+others wait for the stage's marker by polling the file system, not at a collective barrier, which would
+time out (NCCL's default is minutes) while the segmenter trains. The other processes return
+`complete: False`, so only the main process's result marks the stage.
+
 Outside inputs: a pretrained base (`generator.base_model`) and a text encoder folder
 (`generator.text_encoder`) when the recipe names them. synthecho never downloads weights mid-build: a Hub
 id must already be in the Hugging Face cache (`hf download <id>`), so a run never depends on the network
@@ -17,15 +24,19 @@ or fails hours in on a gated or renamed repository.
 
 from __future__ import annotations
 
+import logging
 import shutil
+import time
 from pathlib import Path
 
 from synthecho.io import sha256_file, sha256_json, sha256_model_folder
 from synthecho.layout import RunLayout
 from synthecho.markers import current_info, remove_marker, write_marker
-from synthecho.stages import stage_input_hash
+from synthecho.stages import invalidate, is_current, stage_input_hash
 
+log = logging.getLogger(__name__)
 PIPELINE_INDEX = "model_index.json"  # what a diffusers pipeline folder or Hub repo holds at its root
+POLL_SECONDS = 2.0  # how often a non-main process looks for the main process's stage marker
 
 
 def missing_inputs(recipe) -> list[str]:
@@ -68,8 +79,11 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def _train_once(recipe, run_dir: Path, part: str, train_fn) -> dict:
-    """Run `train_fn(folder)` unless the folder's marker records the same inputs; return its info."""
+def _train_once(recipe, run_dir: Path, part: str, train_fn, *, main: bool = True) -> dict:
+    """Run `train_fn(folder)` unless the folder's marker records the same inputs; return its info.
+
+    `main` False (a data-parallel peer): train, but leave the marker to the main process.
+    """
     layout = RunLayout.of(run_dir)
     input_hash = sha256_json([stage_input_hash(recipe, run_dir, "train"), part])
     marker = layout.model_marker(part)
@@ -78,8 +92,31 @@ def _train_once(recipe, run_dir: Path, part: str, train_fn) -> dict:
     info = {
         key: value for key, value in train_fn(layout.root / part).items() if key not in ("losses", "history")
     }
-    write_marker(marker, "model", part, info, input_hash=input_hash)  # curves are in the PNGs
+    if main:
+        write_marker(marker, "model", part, info, input_hash=input_hash)  # curves are in the PNGs
     return info
+
+
+def _start_together(run_dir: Path, main: bool, force: bool) -> None:
+    """Every process starts from the same markers: the main process clears what is redone, then all meet.
+
+    The stage marker goes too, so the other processes can wait for the one the main process writes last.
+    """
+    from accelerate.utils import wait_for_everyone
+
+    if main:
+        if force:
+            for part in ("generator", "segmenter"):
+                remove_marker(RunLayout.of(run_dir).model_marker(part))
+        invalidate(run_dir, "train")
+    wait_for_everyone()
+
+
+def _wait_for_main(recipe, run_dir: Path, rank: int) -> None:
+    """Block until the main process has marked the stage (segmenter, manifest and marker written)."""
+    log.info("process %d: the generator is trained; waiting for the main process to finish the stage", rank)
+    while not is_current(recipe, run_dir, "train"):
+        time.sleep(POLL_SECONDS)
 
 
 def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
@@ -87,10 +124,14 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     from synthecho.manifest import environment_info, update_manifest
     from synthecho.real import load_real
     from synthecho.segmenter import train_segmenter
+    from synthecho.training import process_slot
 
     run_dir = Path(run_dir)
     layout = RunLayout.of(run_dir)
-    if force:
+    rank, processes = process_slot()
+    if processes > 1:
+        _start_together(run_dir, rank == 0, force)
+    elif force:
         for part in ("generator", "segmenter"):
             remove_marker(layout.model_marker(part))
     real_train, real_validation = load_real(run_dir, "train"), load_real(run_dir, "validation")
@@ -103,7 +144,11 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
         lambda out: generator.train(
             recipe, real_train, out, real_validation=real_validation, progress=progress
         ),
+        main=rank == 0,
     )
+    if rank != 0:
+        _wait_for_main(recipe, run_dir, rank)
+        return {"complete": False, "process": rank, "generator": generator_info}
     segmenter_info = _train_once(
         recipe,
         run_dir,
