@@ -409,6 +409,8 @@ def card_context(manifest: dict) -> dict:
         "mask_fidelity": mask_fidelity_values(metrics.get("mask_fidelity")),
         "segmenter": _segmenter(manifest),
         "downstream_tables": _downstream_tables(downstream) if downstream else [],
+        # publish writes every planned row's sampler inputs when generate recorded the plan's hash.
+        "regeneration_file": manifest_get(manifest, "generation.plan_sha256") and hub.REGENERATION_FILE,
         "shards": [
             {
                 "path": shard.get("path"),

@@ -275,6 +275,63 @@ def check(
 
 
 @app.command()
+@friendly_errors
+def regenerate(
+    row: Annotated[
+        list[str],
+        typer.Option("--row", help="a row id (demo/train/3) or plan index; repeatable, or comma-separated"),
+    ],
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="regenerate from this run folder")] = None,
+    dataset: Annotated[
+        Path | None, typer.Option("--dataset", help="regenerate from this published folder (publish --to)")
+    ] = None,
+    generator: Annotated[
+        Path | None,
+        typer.Option(help="the generator's model folder (publish --to DIR --with-generator: DIR-generator)"),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="default: the device the rows were generated on")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16, fp16 (default: as generated)")] = None,
+):
+    """Re-sample rows (their whole planned batch) and compare them with the corpus pixel for pixel.
+
+    Exit status 1 when a row differs on the recorded device and precision (not reproduced).
+    """
+    from synthecho.stages import regenerate as regen
+
+    names = [name.strip() for value in row for name in value.split(",") if name.strip()]
+    result = regen.run(
+        rows=names, run_dir=run_dir, dataset=dataset, generator=generator, device=device, precision=precision
+    )
+    for entry in result["rows"]:
+        where = f"{entry['id']} (batch {entry['batch']} of {entry['split']})"
+        if entry["status"] == "not published":
+            typer.echo(f"{where}: regenerated; not published (rejected by the filter), nothing to compare")
+        elif entry["status"] == "identical":
+            typer.echo(f"{where}: identical ({entry['pixels']} pixels)")
+        else:
+            typer.echo(
+                f"{where}: differs, largest pixel difference {entry['max_abs_diff']} "
+                f"({entry['pixels_differing']} of {entry['pixels']} pixels)"
+            )
+    used, recorded = result["used"], result["recorded"]
+    differ = [entry["id"] for entry in result["rows"] if entry["status"] == "differs"]
+    typer.echo(
+        f"regenerate: {len(result['rows'])} row(s), {result['batches']} batch(es) "
+        f"({result['rows_sampled']} rows sampled) on {used['device']} {used['precision']}; generated on "
+        f"{recorded['device']} {recorded['precision']} ({recorded['cpu_model'] or 'CPU not recorded'}, "
+        f"{recorded['torch_threads'] or '?'} torch threads)"
+    )
+    if differ and result["same_setup"]:
+        typer.secho(
+            f"regenerate: {len(differ)} row(s) differ on the recorded device and precision: "
+            f"{', '.join(differ)} (another CPU kind or thread count also changes float results)",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def recipes() -> None:
     """List the shipped recipes."""
     from synthecho.recipe import available_recipes, load_recipe

@@ -4,6 +4,8 @@ Every path a stage reads or writes is named here once, so the README's "What a r
 stages and the tests cannot drift apart:
 
     <run>/real/{train,validation,test}.parquet   prepared real frames, masks, sectors, attributes, prompts
+    <run>/real/test_truth.parquet                 the phantom's clean test masks (label noise-free truth)
+    <run>/real/copy_null.parquet                  legitimate same-anatomy frame pairs (the copy check's null)
     <run>/source/                                 the phantom tree (CAMUS layout), when the source is simulated
     <run>/generator/, <run>/segmenter/            trained weights (+ `.complete.json` markers)
     <run>/shards/raw/, <run>/shards/scored/       generated rows; the same rows with quality scores
@@ -55,6 +57,16 @@ class RunLayout:
 
     def real_split(self, split: str) -> Path:
         return self.real / f"{split}.parquet"
+
+    @property
+    def test_truth(self) -> Path:
+        """The phantom's clean masks of the test frames, resized as the labels are (phantom sources only)."""
+        return self.real / "test_truth.parquet"
+
+    @property
+    def copy_null(self) -> Path:
+        """Frames that show a train/validation record's anatomy without being it (`prepare`)."""
+        return self.real / "copy_null.parquet"
 
     @property
     def source(self) -> Path:
@@ -127,6 +139,9 @@ class hub:  # noqa: N801 - a namespace of constants, read as `hub.DATA_PATTERN`
     DATA_SHARD_ROWS = 1000  # rows per published shard (~20-40 MB at 256 px): few files, cheap downloads
     ROW_GROUP_SIZE = 100  # rows per Parquet row group: the Hub viewer's page size, cheap random access
     PROMPT_ROW_GROUP = 4800  # 100 corpus rows x 48 prompts: the same rows per group as the data shards
+    # Every planned row's conditioning (rejected rows too): what `synthecho regenerate` samples from.
+    REGENERATION_FILE = "regeneration/plan-00000-of-00001.parquet"
+    GENERATOR_SUFFIX = "-generator"  # the model repo beside the dataset: ORG/NAME-generator, DIR-generator
 
     @staticmethod
     def data_shard_name(split: str, number: int, count: int) -> str:

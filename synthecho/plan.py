@@ -204,7 +204,9 @@ def conditioning(batch, real) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(masks), np.stack(labels)
 
 
+ROW_ATTRIBUTES = ("view", "phase", "sex", "age", "image_quality")  # what a class-conditioned sampler gets
+
+
 def row_attributes(batch) -> list[dict]:
     """The attributes each planned row claims (what a class-conditioned generator is given)."""
-    names = ("view", "phase", "sex", "age", "image_quality")
-    return [{name: getattr(row, name) for name in names} for row in batch]
+    return [{name: getattr(row, name) for name in ROW_ATTRIBUTES} for row in batch]

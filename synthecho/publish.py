@@ -5,9 +5,12 @@ Layout (`synthecho.layout.hub`), identical locally and on the Hub:
     README.md                                   dataset card (synthecho.card.render_card)
     data/{split}-{i:05d}-of-{n:05d}.parquet      the filter's published shards, unchanged
     prompts/prompts-00000-of-00001.parquet      `prompts` config: every P0-P7 prompt of every row
+    regeneration/plan-00000-of-00001.parquet    every planned row's sampler inputs (synthecho.regeneration)
     manifest.json                               the run manifest, with the publish target filled in
 
-The stage `synthecho.stages.publish` writes it into a folder and/or pushes it to the Hub.
+and the generator's model repo (`<repo>-generator` on the Hub, `<folder>-generator` beside a local
+layout): the weights a sampler loads and a model card. The stage `synthecho.stages.publish` writes them
+into folders and/or pushes them to the Hub.
 """
 
 from __future__ import annotations
@@ -68,13 +71,16 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace `out_dir` with the finished `staging` folder (never leaves a half-written layout)."""
+def _swap_into_place(staging: Path, out_dir: Path, marker: str = hub.MANIFEST) -> None:
+    """Replace `out_dir` with the finished `staging` folder (never leaves a half-written layout).
+
+    An existing `out_dir` is replaced only when it is empty or holds `marker` (an earlier layout).
+    """
     if out_dir.exists():
-        if any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
+        if any(out_dir.iterdir()) and not (out_dir / marker).is_file():
             shutil.rmtree(staging)
             raise SynthechoError(
-                f"{out_dir} exists and is not a synthecho publish folder (no manifest.json): choose an empty "
+                f"{out_dir} exists and is not a synthecho publish folder (no {marker}): choose an empty "
                 f"or new folder for --to."
             )
         old = out_dir.with_name(f".{out_dir.name}.old")
@@ -120,6 +126,16 @@ def layout_repo(run_dir: Path, out_dir: Path, *, manifest: dict | None = None) -
         pq.write_table(
             prompts_table(files, article_rule(manifest)), prompts_path, row_group_size=hub.PROMPT_ROW_GROUP
         )
+        # 4. What regenerating any row needs. Runs from before the plan hash was recorded have none.
+        if manifest_get(manifest, "generation.plan_sha256"):
+            from synthecho import regeneration
+
+            published = {
+                i for path in files for i in pq.read_table(path, columns=["id"]).column("id").to_pylist()
+            }
+            regeneration.write(
+                regeneration.table(run_dir, manifest, published), staging / hub.REGENERATION_FILE
+            )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -133,7 +149,13 @@ def layout_repo(run_dir: Path, out_dir: Path, *, manifest: dict | None = None) -
 
 
 def generator_repo_id(repo_id: str) -> str:
-    return f"{repo_id}-generator"
+    return f"{repo_id}{hub.GENERATOR_SUFFIX}"
+
+
+def generator_folder(out_dir: Path) -> Path:
+    """Where a local layout's model repo goes: beside the dataset folder, as on the Hub."""
+    out_dir = Path(out_dir).absolute()
+    return out_dir.with_name(out_dir.name + hub.GENERATOR_SUFFIX)
 
 
 def render_generator_card(manifest: dict, dataset_repo_id: str, model_repo_id: str) -> str:
@@ -191,3 +213,18 @@ def stage_generator(run_dir: Path, staging: Path, card: str) -> list[Path]:
         _link_or_copy(path, staging / path.relative_to(folder))
     (staging / "README.md").write_text(card, encoding="utf-8")
     return sorted(p for p in staging.rglob("*") if p.is_file())
+
+
+def layout_generator(run_dir: Path, out_dir: Path, card: str) -> list[Path]:
+    """Write the generator's model repo into `out_dir` (staged beside it, then renamed into place)."""
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        stage_generator(run_dir, staging, card)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    # The descriptor every trained generator folder has (generators.base.DESCRIPTOR_FILE).
+    _swap_into_place(staging, out_dir, marker="synthecho_generator.json")
+    return sorted(p for p in out_dir.rglob("*") if p.is_file())

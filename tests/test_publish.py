@@ -253,7 +253,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(run_dir, tmp_path, capsys):
     )
     assert "create_tag('org/tiny', tag='v0.1.0'" in printed and "org/tiny-generator" in printed
     assert "checkpoints" not in printed and ".complete.json" not in printed
-    assert result["dry_run"] is True and result["calls"] == 7
+    assert result["dry_run"] is True and result["calls"] == 10  # 2 layouts + 4 per repo
     assert api.method_calls == [] and not out.exists()
     assert read_json(run_dir / "manifest.json") == before
 
@@ -463,3 +463,27 @@ def test_offline_and_unreachable_hub_for_real(cli_run, tmp_path):
         assert FAKE_TOKEN not in output
     assert _tree_bytes(run_dir) == before
     assert not any(FAKE_TOKEN.encode() in data for data in _tree_bytes(run_dir).values())
+
+
+def test_with_generator_and_to_lays_the_model_repo_out_beside_the_dataset(run_dir, tmp_path):
+    from synthecho.io import sha256_model_folder
+
+    out = tmp_path / "corpus"
+    result = run_stage("publish", tiny_recipe(), run_dir, to=out, with_generator=True)
+    model = tmp_path / "corpus-generator"
+    assert result["generator_folder"] == str(model)
+    assert sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file()) == [
+        "README.md",
+        "synthecho_generator.json",
+        "unet/diffusion_pytorch_model.safetensors",
+    ]
+    assert sha256_model_folder(model) == sha256_model_folder(run_dir / "generator")
+    assert ModelCard((model / "README.md").read_text(encoding="utf-8")).data.datasets == ["ORG/tiny"]
+    # A second layout replaces the first; a foreign folder in the way is refused.
+    run_stage("publish", tiny_recipe(), run_dir, to=out, with_generator=True)
+    foreign = tmp_path / "home"
+    (tmp_path / "home-generator").mkdir()
+    (tmp_path / "home-generator" / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(SynthechoError, match="not a synthecho publish folder"):
+        run_stage("publish", tiny_recipe(), run_dir, to=foreign, with_generator=True)
+    assert (tmp_path / "home-generator" / "notes.txt").read_text(encoding="utf-8") == "mine"

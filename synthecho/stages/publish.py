@@ -4,8 +4,11 @@ The layout (`synthecho.publish.layout_repo`) is identical locally and on the Hub
 folder with `HfApi`: create_repo -> upload_folder (one commit, stale data files deleted in the same
 commit) -> create_tag v{version} on that commit, then records {repo_id, tag, commit, url} in the
 manifest's "publish" section. The token comes from HF_TOKEN or the login cache (HfApi finds it);
-synthecho never reads or stores it. `--with-generator` first pushes the generator folder with a model
-card as `<repo_id>-generator`, and the two cards link to each other.
+synthecho never reads or stores it. Every Hub call goes through `synthecho.hubcalls` (retries on
+transient failures, then one clear error); the manifest records the commit only once it is tagged.
+`--with-generator` first pushes the generator folder with a model card as `<repo_id>-generator`, and the
+two cards link to each other; with `--to DIR` it also lays that model repo out as `DIR-generator` beside
+the dataset folder (what `synthecho regenerate` loads).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from synthecho.manifest import dataset_section
 from synthecho.publish import (
     data_files,
     generator_files,
+    generator_folder,
     generator_repo_id,
+    layout_generator,
     layout_repo,
     render_generator_card,
     stage_generator,
@@ -168,8 +173,8 @@ def run(
         )
     if to is None and repo_id is None:
         raise SynthechoError("say where to publish: --to DIR and/or --repo-id ORG/NAME")
-    if with_generator and repo_id is None:
-        raise SynthechoError("--with-generator pushes a model repo: it needs --repo-id ORG/NAME")
+    if with_generator:
+        generator_files(run_dir)  # a clear error before anything is written when there is no generator
     manifest = read_manifest(run_dir)
     if not manifest:
         raise SynthechoError(
@@ -198,24 +203,28 @@ def run(
         calls = []
         if to is not None:
             calls.append(f"layout_repo -> {to}")
-        if model_repo:
+            if with_generator:
+                calls.append(f"layout_generator -> {generator_folder(to)}")
+        if with_generator:
             gen_files = generator_files(run_dir)
+            where = model_repo or generator_folder(to).name
             listing += [
-                (f"{model_repo}: {p.relative_to(run_dir / 'generator').as_posix()}", p.stat().st_size)
+                (f"{where}: {p.relative_to(run_dir / 'generator').as_posix()}", p.stat().st_size)
                 for p in gen_files
             ]
-            listing.append((f"{model_repo}: README.md", None))
-            calls += [
-                f"create_repo({model_repo!r}, repo_type='model', private={private}, exist_ok=True)",
-                f"upload_folder(repo_id={model_repo!r}, repo_type='model', commit_message='synthecho {version}')",
-                f"create_tag({model_repo!r}, tag={tag!r}, revision=<commit>, repo_type='model')",
-            ]
+            listing.append((f"{where}: README.md", None))
         if repo_id:
-            calls += [
-                f"create_repo({repo_id!r}, repo_type='dataset', private={private}, exist_ok=True)",
-                f"upload_folder(repo_id={repo_id!r}, repo_type='dataset', commit_message='synthecho {version}')",
-                f"create_tag({repo_id!r}, tag={tag!r}, revision=<commit>, repo_type='dataset')",
-            ]
+            repos = [(repo_id, "dataset")] + ([(model_repo, "model")] if model_repo else [])
+            for repo, kind in repos:  # both exist and lack the tag before anything is uploaded
+                calls += [
+                    f"create_repo({repo!r}, repo_type='{kind}', private={private}, exist_ok=True)",
+                    f"list_repo_refs({repo!r}, repo_type='{kind}')  # refuse if {tag} exists",
+                ]
+            for repo, kind in reversed(repos):  # the generator first: the card never links to nothing
+                calls += [
+                    f"upload_folder(repo_id={repo!r}, repo_type='{kind}', commit_message='synthecho {version}')",
+                    f"create_tag({repo!r}, tag={tag!r}, revision=<commit>, repo_type='{kind}')",
+                ]
         plan = _describe(listing, calls)
         print(plan)
         sizes = [size for _, size in listing if size is not None]
@@ -227,6 +236,13 @@ def run(
         folder = Path(to) if to is not None else Path(scratch) / "repo"
         written = layout_repo(run_dir, folder, manifest=manifest)
         result.update({"folder": str(folder) if to is not None else None, "files": len(written)})
+        if with_generator and to is not None:  # the model repo beside the dataset, as on the Hub
+            local_model = generator_folder(to)
+            card = render_generator_card(
+                manifest, repo_id or f"ORG/{recipe.name}", model_repo or local_model.name
+            )
+            result["generator_folder"] = str(local_model)
+            result["generator_files"] = len(layout_generator(run_dir, local_model, card))
         if not repo_id:
             return result
 
