@@ -392,6 +392,10 @@ def test_transient_errors_are_retried_and_the_publish_completes(cli_run):
     assert api.create_repo.call_count == 3 and len(uploaded) == 1
     assert "retry 1 of 2" in result.output and "retry 2 of 2" in result.output
     assert read_json(run_dir / "manifest.json")["publish"]["commit"] == "a" * 40
+    # The token is in the environment only: not in the output, the manifest, the card or the upload.
+    assert FAKE_TOKEN not in result.output
+    assert not any(FAKE_TOKEN.encode() in data for data in _tree_bytes(run_dir).values())
+    assert not any(FAKE_TOKEN.encode() in data for data in uploaded[0][1].values())
 
 
 def test_a_failed_tag_leaves_the_manifest_alone_and_the_rerun_finishes(cli_run):

@@ -4,6 +4,7 @@ named (exit 1); a wrong generator or an unknown row is one error line."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,29 +13,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from test_markers import TINY
 
 from synthecho.layout import hub
 from synthecho.real import decode_png, encode_png
 
 REPO = Path(__file__).resolve().parents[1]
-# The demo recipe, shrunk to seconds of CPU: 2 training steps at 32 px, 8 planned rows in batches of 3
-# (so batches of 3 and of 1), the filter keeping every row (its thresholds are not what is tested here).
+# The tiny demo of the marker test, with 8 planned rows in batches of 3 (so batches of 3 and of 1) and a
+# filter that keeps every row (its thresholds are not what is tested here); later --set values win.
 TINY_DEMO = [
+    *TINY,
     "source.phantom.patients=6",
-    "source.phantom.size=[96,80]",
-    "prepare.resolution=32",
-    "train.steps=2",
-    "train.batch_size=2",
-    "train.grid_sampler_steps=1",
-    "segmenter.steps=2",
-    "segmenter.validate_every=1",
     "generate.variants=2",
-    "generate.max_records_per_split=2",
     "generate.steps=2",
     "generate.batch_size=3",
-    "generate.batches_per_shard=1",
-    "filter.kid_subsets=2",
-    "filter.kid_subset_size=2",
     "filter.dice_threshold={lv: 0.0, myo: 0.0, la: 0.0}",
     "filter.copy_threshold=1.0",
     "evaluate.enabled=false",
@@ -134,16 +126,18 @@ def test_a_row_that_differs_is_named_and_a_missing_one_reported(published, tmp_p
 
 
 def test_a_wrong_generator_and_an_unknown_row_are_one_error_line(published, tmp_path):
-    run_dir, out, generator = published
+    _, out, generator = published
     other = tmp_path / "other-generator"
     shutil.copytree(generator, other)
     config = other / "scheduler" / "scheduler_config.json"
-    config.write_text(config.read_text().replace("}", ', "note": "changed"}', 1))
+    config.write_text(json.dumps({**json.loads(config.read_text()), "note": "changed"}))
     wrong = synthecho("regenerate", "--dataset", str(out), "--generator", str(other), "--row", "0")
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     (line,) = wrong.stderr.strip().splitlines()
     assert line.startswith(f"error: {other} holds other weights than the ones that generated this corpus")
-    unknown = synthecho("regenerate", "--run-dir", str(run_dir), "--row", "demo/train/99")
+    unknown = synthecho(
+        "regenerate", "--dataset", str(out), "--generator", str(generator), "--row", "demo/train/99"
+    )
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines() == [
         "error: no planned row is called 'demo/train/99': name rows by id (e.g. demo/train/0, demo/train/1) "
