@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "synthecho"
 MAX_LINES = 500
-LONG_ALLOWED = {"sources/phantom.py", "sources/camus.py"}  # simulators / readers with many cases
+LONG_ALLOWED = {"sources/camus.py"}  # a reader with many cases
 
 
 def modules() -> list[Path]:
