@@ -51,7 +51,7 @@ class HubError(SynthechoError):
 
 @dataclass(frozen=True)
 class Failure:
-    # offline | unreachable | token | forbidden | missing | conflict | rate_limit | server | refused
+    # offline | unreachable | no_token | token | forbidden | missing | conflict | rate_limit | server | refused
     kind: str
     transient: bool
     status: int | None = None
@@ -92,7 +92,7 @@ def classify(error: BaseException) -> Failure | None:
     if "OfflineModeIsEnabled" in names:
         return Failure("offline", transient=False)
     if "LocalTokenNotFoundError" in names:
-        return Failure("token", transient=False)
+        return Failure("no_token", transient=False)
     if "HfHubHTTPError" in names:
         response = getattr(error, "response", None)
         status = getattr(response, "status_code", None)
@@ -126,6 +126,8 @@ def message(failure: Failure, what: str, repo_id: str | None = None, conflict: s
         f"unset HF_HUB_OFFLINE to reach it, or work locally with --to DIR or --dry-run.",
         "unreachable": f"{what}: cannot reach the Hugging Face Hub at {endpoint()}{detail}: check the "
         f"network or proxy (HTTPS_PROXY, HF_ENDPOINT) and rerun; nothing was published by this call.",
+        "no_token": f"{what}: no Hugging Face token found: set HF_TOKEN to a token with write access (a CI "
+        f"secret), or run `hf auth login` once on this machine.",
         "token": f"{what}: the Hub rejected the credentials{status}{detail}: set HF_TOKEN to a valid token "
         f"with write access (or run `hf auth login`); an expired or revoked token must be replaced.",
         "forbidden": f"{what}: this token may not write to {repo}{status}{detail}: use a token with write "

@@ -370,6 +370,22 @@ def test_hub_failures_are_one_error_line_and_publish_nothing_half_way(cli_run, f
     assert retried == (3 if status == 429 else 1)  # 429: the first try + SYNTHECHO_HUB_RETRIES=2
 
 
+def test_no_token_at_all_is_one_error_line(cli_run):
+    from huggingface_hub.errors import LocalTokenNotFoundError
+
+    _, _, invoke = cli_run
+    api, _ = _api("a" * 40)
+    api.create_repo.side_effect = LocalTokenNotFoundError(
+        "Token is required (`token=True`), but no token found."
+    )
+    result = invoke(api)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert _error_lines(result.output) == [
+        "error: creating dataset repo org/tiny: no Hugging Face token found: set HF_TOKEN to a token with write "
+        "access (a CI secret), or run `hf auth login` once on this machine."
+    ]
+
+
 def test_an_existing_tag_through_the_cli_is_one_error_line(cli_run):
     _, run_dir, invoke = cli_run
     api, uploaded = _api("d" * 40, tags=("v0.1.0",))
