@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,7 +15,6 @@ from test_markers import TINY
 from synthecho.layout import hub
 from synthecho.real import decode_png, encode_png
 
-REPO = Path(__file__).resolve().parents[1]
 # The tiny demo of the marker test, with 8 planned rows in batches of 3 (so batches of 3 and of 1) and a
 # filter that keeps every row (its thresholds are not what is tested here); later --set values win.
 TINY_DEMO = [
@@ -31,13 +27,25 @@ TINY_DEMO = [
     "filter.copy_threshold=1.0",
     "evaluate.enabled=false",
 ]
+pytestmark = pytest.mark.slow  # one tiny real build (about a minute of CPU), shared by the module
 ROWS = ["demo/train/0", "demo/train/3", "demo/validation/5"]  # three batches: 3 + 1 + 3 rows sampled
 
 
-def synthecho(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "synthecho", *args], capture_output=True, text=True, cwd=REPO, timeout=900
-    )
+class Result:
+    def __init__(self, exit_code: int, output: str) -> None:
+        self.returncode, self.output = exit_code, output
+
+
+def synthecho(*args: str) -> Result:
+    """The real `synthecho` command line, in this process (torch and the models load once)."""
+    from typer.testing import CliRunner
+
+    from synthecho.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Result(result.exit_code, result.output)
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +55,11 @@ def published(tmp_path_factory):
     run_dir, out = root / "run", root / "hub"
     sets = [arg for value in TINY_DEMO for arg in ("--set", value)]
     built = synthecho("build", "--recipe", "demo", "--run-dir", str(run_dir), *sets)
-    assert built.returncode == 0, built.stdout + built.stderr
+    assert built.returncode == 0, built.output
     laid = synthecho(
         "publish", "--recipe", "demo", "--run-dir", str(run_dir), "--to", str(out), "--with-generator", *sets
     )
-    assert laid.returncode == 0, laid.stdout + laid.stderr
+    assert laid.returncode == 0, laid.output
     return run_dir, out, root / "hub-generator"
 
 
@@ -77,8 +85,8 @@ def test_three_rows_regenerate_bit_identically_from_the_published_folder(publish
         str(generator),
         *[a for r in ROWS for a in ("--row", r)],
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.output
+    lines = result.output.splitlines()
     assert lines[:3] == [
         "demo/train/0 (batch 0 of train): identical (1024 pixels)",
         "demo/train/3 (batch 1 of train): identical (1024 pixels)",
@@ -92,9 +100,9 @@ def test_three_rows_regenerate_bit_identically_from_the_published_folder(publish
 def test_rows_regenerate_from_the_run_folder_too(published):
     run_dir, _, _ = published
     result = synthecho("regenerate", "--run-dir", str(run_dir), "--row", "1,6")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "demo/train/1 (batch 0 of train): identical" in result.stdout
-    assert "demo/validation/6 (batch 0 of validation): identical" in result.stdout
+    assert result.returncode == 0, result.output
+    assert "demo/train/1 (batch 0 of train): identical" in result.output
+    assert "demo/validation/6 (batch 0 of validation): identical" in result.output
 
 
 def test_a_row_that_differs_is_named_and_a_missing_one_reported(published, tmp_path):
@@ -115,14 +123,14 @@ def test_a_row_that_differs_is_named_and_a_missing_one_reported(published, tmp_p
     result = synthecho(
         "regenerate", "--dataset", str(copy), "--generator", str(generator), "--row", ",".join(ROWS)
     )
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "demo/train/0 (batch 0 of train): regenerated; not published" in result.stdout
+    assert result.returncode == 1, result.output
+    assert "demo/train/0 (batch 0 of train): regenerated; not published" in result.output
     assert (
         "demo/train/3 (batch 1 of train): differs, largest pixel difference 7 (1 of 1024 pixels)"
-        in result.stdout
+        in result.output
     )
-    assert "demo/validation/5 (batch 0 of validation): identical" in result.stdout
-    assert "1 row(s) differ on the recorded device and precision: demo/train/3" in result.stderr
+    assert "demo/validation/5 (batch 0 of validation): identical" in result.output
+    assert "1 row(s) differ on the recorded device and precision: demo/train/3" in result.output
 
 
 def test_a_wrong_generator_and_an_unknown_row_are_one_error_line(published, tmp_path):
@@ -132,14 +140,14 @@ def test_a_wrong_generator_and_an_unknown_row_are_one_error_line(published, tmp_
     config = other / "scheduler" / "scheduler_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "note": "changed"}))
     wrong = synthecho("regenerate", "--dataset", str(out), "--generator", str(other), "--row", "0")
-    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
-    (line,) = wrong.stderr.strip().splitlines()
+    assert wrong.returncode == 2 and "Traceback" not in wrong.output
+    (line,) = wrong.output.strip().splitlines()
     assert line.startswith(f"error: {other} holds other weights than the ones that generated this corpus")
     unknown = synthecho(
         "regenerate", "--dataset", str(out), "--generator", str(generator), "--row", "demo/train/99"
     )
     assert unknown.returncode == 2
-    assert unknown.stderr.strip().splitlines() == [
+    assert unknown.output.strip().splitlines() == [
         "error: no planned row is called 'demo/train/99': name rows by id (e.g. demo/train/0, demo/train/1) "
         "or by plan index (the `index` column)."
     ]
