@@ -13,7 +13,15 @@ from PIL import Image
 
 from synthecho.io import write_json_atomic
 from synthecho.recipe import recipe_from_dict
-from synthecho.schema import MASK_TRANSFORM_FIELDS, PHASES, QUALITIES, SEXES, VIEWS, corpus_features
+from synthecho.schema import (
+    MASK_TRANSFORM_FIELDS,
+    PHASES,
+    QUALITIES,
+    SEXES,
+    VIEWS,
+    corpus_features,
+    schema_record,
+)
 from synthecho.shards import write_shard
 
 RESOLUTION = 16
@@ -103,6 +111,7 @@ def make_run(run_dir: Path, rows: dict[str, int] | None = None, recipe=None, see
     Image.fromarray(np.zeros((8, 24), np.uint8)).save(grid)
     passed = sum(rows.values())
     manifest = {
+        "schema": schema_record(),  # the shards above are written with the current schema
         "dataset": {
             "name": recipe.name,
             "version": recipe.version,
