@@ -102,7 +102,7 @@ def test_layout_loads_with_datasets_as_declared(run_dir, tmp_path):
     )
     expected = all_structure_prompts(attrs, {"lv": "square", "myo": "rectangle", "la": "oval"})
     got = [
-        {k: r[k] for k in ("structure", "level", "phrasing", "text")}
+        {k: r[k] for k in ("structure", "level", "phrasing", "text", "attributes")}
         for r in prompts
         if r["id"] == first["id"]
     ]
