@@ -146,6 +146,8 @@ def _perturbation(manifest: dict) -> dict | None:
         "scale_max": number(scale[1], 2),
         "shear": number(p.get("shear"), 1),
         "control_points": number(p.get("elastic_control_points")),
+        # rows x columns; manifests before the key existed used a square grid
+        "control_points_col": number(p.get("elastic_control_points_col") or p.get("elastic_control_points")),
         "displacement": number(p.get("elastic_max_displacement"), 3),
     }
 

@@ -19,8 +19,11 @@ What maps to what:
   grid, with the outermost ring of coefficients locked to 0; we evaluate the same B-spline with
   `map_coordinates(order=3, prefilter=False)`. Their 2-D maps were (1, 1, H, W) tensors, so torchio's
   three axes were (channel-like 1, rows, columns): 30 px displacement on rows and columns and, strictly,
-  10 control points along rows but 4 along columns. We use one `elastic_control_points` for both axes
-  (10 x 10), which is what the (10, 10, ...) setting was evidently meant to give.
+  10 control points along rows but 4 along columns. The default grid is 10 x 10 (what the (10, 10, ...)
+  setting was evidently meant to give, and what the committed corpora used); `elastic_control_points_col`
+  = 4 gives the grid their code actually ran. A row's `mask_transform` column records only
+  `elastic_control_points`: the column count, when it differs, is in the plan's parameters and the
+  recipe the manifest holds (the published schema stays as it is for every existing row).
 - Both transforms are composed into one coordinate map and sampled once with nearest-neighbour
   (order=0), so labels stay in {0, 1, 2, 3} and are not rounded twice.
 The sector itself is never perturbed: it comes from the real image the generated one replaces.
@@ -61,7 +64,8 @@ class PerturbConfig:
     translate_col: column (horizontal) shift bound as a fraction of the width (0, as in the original).
     scale: isotropic zoom drawn from [scale[0], scale[1]].
     shear: x-shear angle drawn from [-shear, shear] degrees.
-    elastic_control_points: coarse B-spline grid size per axis, border ring locked to zero.
+    elastic_control_points: coarse B-spline grid size along rows (and columns), border ring locked to zero.
+    elastic_control_points_col: grid size along columns; None = elastic_control_points.
     elastic_max_displacement: B-spline coefficient bound as a fraction of the image size (30 px at 256).
     """
 
@@ -72,6 +76,7 @@ class PerturbConfig:
     elastic_control_points: int = 10
     elastic_max_displacement: float = 30 / 256
     translate_col: float = 0.0
+    elastic_control_points_col: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("degrees", "translate", "translate_col", "shear", "elastic_max_displacement"):
@@ -82,11 +87,20 @@ class PerturbConfig:
             raise PerturbError(f"PerturbConfig.scale = {self.scale} must be (low, high) with 0 < low <= high")
         if self.shear >= 90:
             raise PerturbError(f"PerturbConfig.shear = {self.shear} must be below 90 degrees")
-        if self.elastic_control_points < 4:
-            # A cubic B-spline needs 4 coefficients per axis; the locked ring takes 2 of them.
-            raise PerturbError(
-                f"PerturbConfig.elastic_control_points = {self.elastic_control_points} must be >= 4"
-            )
+        for name in ("elastic_control_points", "elastic_control_points_col"):
+            value = getattr(self, name)
+            if value is not None and value < 4:
+                # A cubic B-spline needs 4 coefficients per axis; the locked ring takes 2 of them.
+                raise PerturbError(f"PerturbConfig.{name} = {value} must be >= 4")
+
+    def grid_keys(self) -> dict:
+        """The control-point counts a parameter dict carries: the column count only when it differs, so
+        the default (square) grid leaves every stored parameter set exactly as it was."""
+        keys = {"elastic_control_points": int(self.elastic_control_points)}
+        cols = self.elastic_control_points_col
+        if cols is not None and cols != self.elastic_control_points:
+            keys["elastic_control_points_col"] = int(cols)
+        return keys
 
 
 def identity_transform(config: PerturbConfig | None = None) -> dict:
@@ -100,7 +114,7 @@ def identity_transform(config: PerturbConfig | None = None) -> dict:
         "shear": 0.0,
         "elastic_seed": 0,
         "elastic_max_displacement": 0.0,
-        "elastic_control_points": int(config.elastic_control_points),
+        **config.grid_keys(),
         "identity": True,
     }
 
@@ -110,7 +124,8 @@ def sample_transform(seed: int, config: PerturbConfig) -> dict:
 
     Keys: angle (degrees), translate_row / translate_col (fractions of height / width), scale,
     shear (x-shear, degrees), elastic_seed (seeds the coarse displacement grid), elastic_max_displacement
-    (fraction of the image size), elastic_control_points, identity (always False here).
+    (fraction of the image size), elastic_control_points (+ elastic_control_points_col when the grid is
+    not square), identity (always False here).
     """
     rng = np.random.default_rng(seed)
     # Fixed draw order: changing it would silently change every published variant.
@@ -128,7 +143,7 @@ def sample_transform(seed: int, config: PerturbConfig) -> dict:
         "shear": float(shear),
         "elastic_seed": int(elastic_seed),
         "elastic_max_displacement": float(config.elastic_max_displacement),
-        "elastic_control_points": int(config.elastic_control_points),
+        **config.grid_keys(),
         "identity": False,
     }
 
@@ -138,16 +153,17 @@ def _elastic_displacement(shape: tuple[int, int], params: dict) -> np.ndarray:
     from scipy.ndimage import map_coordinates
 
     height, width = shape
-    n = params["elastic_control_points"]
+    n_rows = params["elastic_control_points"]
+    n_cols = params.get("elastic_control_points_col", n_rows)
     bound = params["elastic_max_displacement"] * np.array([height, width], dtype=np.float64)
-    coarse = np.random.default_rng(params["elastic_seed"]).uniform(-1.0, 1.0, size=(2, n, n))
+    coarse = np.random.default_rng(params["elastic_seed"]).uniform(-1.0, 1.0, size=(2, n_rows, n_cols))
     coarse *= bound[:, None, None]
     coarse[:, [0, -1], :] = 0.0  # locked_borders=1: the outer ring of coefficients does not move
     coarse[:, :, [0, -1]] = 0.0
     # A cubic B-spline grid of n coefficients covers n - 3 cells; the image spans them, i.e. coefficient
     # coordinates 1 .. n - 2 (as SimpleITK's BSplineTransform, which torchio uses, lays them out).
-    rows = np.linspace(1.0, n - 2.0, height)
-    cols = np.linspace(1.0, n - 2.0, width)
+    rows = np.linspace(1.0, n_rows - 2.0, height)
+    cols = np.linspace(1.0, n_cols - 2.0, width)
     grid = np.stack(np.meshgrid(rows, cols, indexing="ij"))
     # prefilter=False: the coarse values are B-spline coefficients, not samples to interpolate through.
     return np.stack([map_coordinates(c, grid, order=3, prefilter=False, mode="nearest") for c in coarse])
@@ -156,13 +172,18 @@ def _elastic_displacement(shape: tuple[int, int], params: dict) -> np.ndarray:
 def _source_coordinates(shape: tuple[int, int], params: dict) -> np.ndarray:
     """(2, H, W) input (row, col) coordinates for every output pixel: affine first, then elastic."""
     height, width = shape
-    centre = np.array([(height - 1) / 2, (width - 1) / 2])
     out = np.stack(np.meshgrid(np.arange(height), np.arange(width), indexing="ij")).astype(np.float64)
 
     # 1. Elastic (applied last, so undone first): out(p) = affined(p + d(p)).
     points = out + _elastic_displacement(shape, params)
+    return _affine_source(points, shape, params)
 
-    # 2. Affine about the image centre, torchvision's R(angle) * scale * x-shear, in (x=col, y=row).
+
+def _affine_source(points: np.ndarray, shape: tuple[int, int], params: dict) -> np.ndarray:
+    """Input (row, col) coordinates of output `points` (2, H, W) under the affine part of `params`."""
+    height, width = shape
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    # Affine about the image centre, torchvision's R(angle) * scale * x-shear, in (x=col, y=row).
     angle, shear = np.deg2rad(params["angle"]), np.deg2rad(params["shear"])
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     forward_xy = params["scale"] * rotation @ np.array([[1.0, -np.tan(shear)], [0.0, 1.0]])
@@ -171,6 +192,17 @@ def _source_coordinates(shape: tuple[int, int], params: dict) -> np.ndarray:
     shift = np.array([params["translate_row"] * height, params["translate_col"] * width])
     relative = points - (centre + shift)[:, None, None]
     return np.einsum("ij,jhw->ihw", inverse_rc, relative) + centre[:, None, None]
+
+
+def affine_warp(array: np.ndarray, params: dict, order: int) -> np.ndarray:
+    """Warp a 2-D array by the affine part of `params` (angle, translate_row/col, scale, shear) about its
+    centre: `order` 0 for label maps, 1 for images; what maps from outside the array becomes 0."""
+    from scipy.ndimage import map_coordinates
+
+    shape = array.shape
+    out = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")).astype(np.float64)
+    coordinates = _affine_source(out, shape, params)
+    return map_coordinates(array, coordinates, order=order, mode="constant", cval=0).astype(array.dtype)
 
 
 def _check_inputs(mask: np.ndarray, sector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,3 +246,53 @@ def perturb_mask(
     """Sample a perturbation from `seed` and apply it: (perturbed mask, params to store with the row)."""
     params = sample_transform(seed, config or PerturbConfig())
     return apply_transform(mask, sector, params), params
+
+
+# --- a real frame moved with its mask (references of the copy check and of the attribute ceiling) -----
+
+
+def warp_frame(
+    image: np.ndarray, mask: np.ndarray, sector: np.ndarray, params: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """A real frame and its mask moved by a row's perturbation `params` (its `mask_transform`).
+
+    One coordinate map serves both: the image is sampled bilinearly (order 1), the mask with nearest
+    neighbour (order 0), so the mask is exactly `apply_transform(mask, sector, params)`. Both are zero
+    outside `sector`, as a generated frame and its conditioning mask are. The image keeps its dtype
+    (integer frames are rounded). This is what a generator that copied its source frame would emit for
+    the row: the reference of the copy check and the warped-real counterpart of the attribute audit.
+    """
+    from scipy.ndimage import map_coordinates
+
+    mask, sector = _check_inputs(mask, sector)
+    image = np.asarray(image)
+    if image.shape != mask.shape:
+        raise PerturbError(f"image shape {image.shape} != mask shape {mask.shape}")
+    if params["identity"]:
+        warped_image, warped_mask = image.copy(), apply_transform(mask, sector, params)
+    else:
+        coordinates = _source_coordinates(mask.shape, params)
+        warped_mask = map_coordinates(mask, coordinates, order=0, mode="constant", cval=0).astype(np.uint8)
+        values = map_coordinates(image.astype(np.float64), coordinates, order=1, mode="constant", cval=0)
+        if image.dtype.kind in "ui":
+            info = np.iinfo(image.dtype)
+            values = np.clip(np.rint(values), info.min, info.max)
+        warped_image = values.astype(image.dtype)
+    warped_image[~sector] = 0
+    warped_mask[~sector] = 0
+    return warped_image, warped_mask
+
+
+def restrict_scale(params: dict, config: PerturbConfig, low: float, high: float) -> dict:
+    """`params` with its scale drawn in [low, high] ∩ config.scale instead of config.scale.
+
+    The same uniform draw is reused: its relative position in the seed's range becomes its position in
+    the narrowed range, so every other parameter (and the row's seed) stays as it was and the two plans
+    differ in the scale alone. An empty intersection takes the end of config.scale nearest [low, high].
+    """
+    first, last = config.scale
+    lo, hi = max(first, low), min(last, high)
+    if lo > hi:  # [low, high] lies wholly outside the seed's range
+        lo = hi = first if high < first else last
+    position = 0.0 if last == first else (params["scale"] - first) / (last - first)
+    return {**params, "scale": float(lo + position * (hi - lo))}

@@ -11,12 +11,22 @@ A generator supplies its model, a `loss_fn(model, batch) -> scalar loss` and a `
   model, EMA and optimizer state, the loss history and the step. It is written into a hidden temporary
   folder and renamed into place, so a crash never leaves a half-written checkpoint; only the newest
   `keep_checkpoints` are kept;
-- resume: a rerun continues from the newest complete checkpoint instead of step 0.
+- resume: a rerun continues from the newest complete checkpoint instead of step 0;
+- a learning-rate schedule (`lr_scheduler`: constant, linear or cosine decay after `lr_warmup_steps` of
+  linear warm-up), diffusers' `get_scheduler`, stepped once per optimizer step.
 
 Randomness: every micro-batch draws its data and its torch randomness (noise, timesteps, dropout) from
 generators seeded by (seed, step, micro-batch). The random state at step n is therefore a function of the
 seed and n alone, which is what makes a resumed run identical to an uninterrupted one (on CPU) without
 having to save and restore RNG states.
+
+Several processes (`accelerate launch`, `torchrun`): each optimizer step averages the gradients of
+`gradient_accumulation_steps` x `num_processes` micro-batches (DDP). Micro-batch `micro` of process `rank`
+is global micro-batch `micro * num_processes + rank`, and that global index seeds it: every process draws
+different frames and noise, a single process (rank 0 of 1) draws exactly what it always drew, and a run
+of N processes draws the same samples as one process with N times the accumulation (the same global
+batch), so it trains the same model up to float summation order. Only the main process writes
+checkpoints; every process resumes from them, whatever the number of processes that wrote them.
 """
 
 from __future__ import annotations
@@ -90,6 +100,15 @@ def _derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def _rows(batch) -> int | None:
+    """Leading dimension of a batch (a tensor, or the first tensor of a dict / tuple)."""
+    if isinstance(batch, dict):
+        batch = next(iter(batch.values()), None)
+    elif isinstance(batch, list | tuple):
+        batch = batch[0] if batch else None
+    return int(batch.shape[0]) if isinstance(batch, torch.Tensor) and batch.ndim else None
+
+
 def list_checkpoints(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints (those holding state.json), oldest first."""
     checkpoint_dir = Path(checkpoint_dir)
@@ -158,9 +177,49 @@ def recipe_loop_settings(recipe, progress: bool) -> dict[str, Any]:
         "checkpoint_every": t.checkpoint_every,
         "mixed_precision": t.mixed_precision,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "lr_scheduler": t.lr_scheduler,
+        "lr_warmup_steps": t.lr_warmup_steps,
         "seed": recipe.seed,
         "progress": progress,
     }
+
+
+def process_slot() -> tuple[int, int]:
+    """(process index, number of processes): accelerate's under `accelerate launch`/`torchrun`, else (0, 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # cpu=True where there is no GPU (or with `accelerate launch --cpu`): otherwise accelerate sees no
+    # distributed setup and every rank would believe it is the only one.
+    cpu = not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+    state = PartialState(cpu=cpu)
+    return state.process_index, state.num_processes
+
+
+def is_main_process() -> bool:
+    """False on the data-parallel peers of a multi-process run: they train alongside, the main one saves."""
+    return process_slot()[0] == 0
+
+
+def make_lr_scheduler(optimizer, name: str, warmup_steps: int, steps: int, start_step: int = 0):
+    """diffusers' schedule `name` (constant / linear / cosine, after `warmup_steps` of linear warm-up),
+    positioned at `start_step` (a resumed run continues the curve instead of restarting it)."""
+    from diffusers.optimization import get_scheduler
+
+    if name == "constant" and warmup_steps > 0:
+        name = "constant_with_warmup"
+    for group in optimizer.param_groups:
+        # The schedule multiplies the recipe's rate; a resumed optimizer holds the decayed one.
+        group["initial_lr"] = group.get("initial_lr", group["lr"])
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=warmup_steps,
+        num_training_steps=steps,
+        last_epoch=start_step - 1,
+    )
 
 
 def train_loop(
@@ -175,6 +234,8 @@ def train_loop(
     checkpoint_every: int = 100,
     mixed_precision: str = "no",
     gradient_accumulation_steps: int = 1,
+    lr_scheduler: str = "constant",
+    lr_warmup_steps: int = 0,
     weight_decay: float = 0.0,
     max_grad_norm: float | None = 1.0,
     seed: int = 0,
@@ -187,7 +248,9 @@ def train_loop(
 
     `fingerprint` identifies the model configuration and data: checkpoints saved under another fingerprint
     are deleted rather than resumed. Returns {steps, start_step, seconds, seconds_per_step, final_loss,
-    losses, device}; `seconds` includes the time spent before an interruption, up to its checkpoint.
+    losses, device, processes, global_batch_size, main_process}; `seconds` includes the time spent before
+    an interruption, up to its checkpoint. Under several processes the losses are the mean over processes
+    and only the main process (`main_process` True) should save what the model became.
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -195,14 +258,18 @@ def train_loop(
     from tqdm.auto import tqdm
 
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    _clear_stale(checkpoint_dir, fingerprint)
 
     # 1. Accelerator, optimizer, EMA. The model's initial weights are the caller's (seeded by it).
+    process_slot()  # under a launcher without GPUs: the distributed CPU state, before accelerate picks none
     accelerator = Accelerator(
         mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps
     )
+    processes, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     try:
+        if main:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            _clear_stale(checkpoint_dir, fingerprint)
+        accelerator.wait_for_everyone()  # nobody resumes from a checkpoint the main process is deleting
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise SynthechoError("train_loop: the model has no trainable parameters")
@@ -224,14 +291,23 @@ def train_loop(
                     f"{resume_from} is at step {state['step']} but train.steps is {steps}: delete "
                     f"{checkpoint_dir} (or rerun the stage with --force) to train a shorter schedule."
                 )
-            load_model(unwrapped, str(resume_from / "model.safetensors"), device=str(accelerator.device))
+            # "cpu", not the "cpu:0" a CPU process of several gets: neither loader restores that name
+            device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
+            load_model(unwrapped, str(resume_from / "model.safetensors"), device=device)
             ema.load_state_dict(load_file(str(resume_from / "ema.safetensors")), state["ema_updates"])
             optimizer.load_state_dict(
-                torch.load(resume_from / "optimizer.pt", map_location=accelerator.device, weights_only=True)
+                torch.load(resume_from / "optimizer.pt", map_location=device, weights_only=True)
             )
             start_step, losses = state["step"], list(state["losses"])
             previous_seconds = float(state["seconds"])
             log.info("resuming %s from %s (step %d of %d)", description, resume_from, start_step, steps)
+            if state.get("processes", 1) != processes:
+                log.warning(
+                    "%s was trained by %d process(es) and resumes on %d: the global batch (batch x "
+                    "accumulation x processes) changes from step %d on",
+                    resume_from, state.get("processes", 1), processes, start_step,
+                )  # fmt: skip
+        schedule = make_lr_scheduler(optimizer, lr_scheduler, lr_warmup_steps, steps, start_step)
 
         def checkpoint(step: int, seconds: float) -> None:
             state = {
@@ -243,21 +319,30 @@ def train_loop(
                 "seed": seed,
                 "fingerprint": fingerprint,
             }
-            with profiling.section("generator/checkpoint"):
-                _save_checkpoint(checkpoint_dir, step, unwrapped, ema, optimizer, state, keep_checkpoints)
+            if processes > 1:  # recorded only where it is news: single-process checkpoints stay as they were
+                state["processes"] = processes
+            if main:  # the other processes hold the same weights (DDP): one writer
+                with profiling.section("generator/checkpoint"):
+                    _save_checkpoint(checkpoint_dir, step, unwrapped, ema, optimizer, state, keep_checkpoints)
 
-        # 3. The loop: per-(seed, step, micro-batch) randomness, so a resumed run repeats the same draws.
+        # 3. The loop: per-(seed, step, global micro-batch) randomness, so a resumed run repeats the same
+        #    draws and every process draws its own (one process: global micro-batch = micro-batch).
         model.train()
         started = time.perf_counter()
-        bar = tqdm(total=steps, initial=start_step, desc=description, disable=not progress, unit="step")
+        bar = tqdm(
+            total=steps, initial=start_step, desc=description, disable=not (progress and main), unit="step"
+        )
         last_saved = start_step if resume_from is not None else -1
+        rows = None  # frames per micro-batch, read off the first batch (for the global batch size)
         for step in range(start_step, steps):
             step_loss = 0.0
             for micro in range(gradient_accumulation_steps):
-                rng = np.random.default_rng([seed, step, micro])
-                torch.manual_seed(_derived_seed(seed, step, micro, 1))
+                drawn = micro * processes + rank
+                rng = np.random.default_rng([seed, step, drawn])
+                torch.manual_seed(_derived_seed(seed, step, drawn, 1))
                 with profiling.section("generator/data"):
                     batch = send_to_device(sample_batch(rng), accelerator.device)
+                rows = rows or _rows(batch)
                 with accelerator.accumulate(model):
                     with profiling.section("generator/forward"):
                         loss = loss_fn(model, batch)
@@ -268,6 +353,10 @@ def train_loop(
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                 step_loss += float(loss.detach()) / gradient_accumulation_steps
+            schedule.step()
+            if processes > 1:  # every process logs (and checks) the loss of the whole global batch
+                local = torch.tensor(step_loss, dtype=torch.float64, device=accelerator.device)
+                step_loss = float(accelerator.reduce(local, reduction="mean"))
             if not np.isfinite(step_loss):
                 raise SynthechoError(
                     f"{description}: loss became {step_loss} at step {step + 1}; lower train.learning_rate "
@@ -287,6 +376,7 @@ def train_loop(
         session_seconds = time.perf_counter() - started
         if last_saved != steps:  # e.g. steps == 0 requested with no checkpoint: nothing to resume later
             checkpoint(steps, previous_seconds + session_seconds)
+        accelerator.wait_for_everyone()  # the final checkpoint is complete before any process moves on
 
         # 4. Hand the EMA weights back in the model itself (without accelerate's autocast forward wrapper).
         unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
@@ -303,6 +393,9 @@ def train_loop(
             "final_loss": float(np.mean(losses[-FINAL_LOSS_WINDOW:])) if losses else None,
             "losses": losses,
             "device": str(accelerator.device),
+            "processes": processes,
+            "global_batch_size": rows * gradient_accumulation_steps * processes if rows else None,
+            "main_process": main,
         }
     finally:
         accelerator.free_memory()

@@ -125,12 +125,60 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def jitter_intensity(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Gamma and contrast jitter of float frames in [0, 1] (B, H, W); black stays black (multiplicative)."""
+def jitter_intensity(images: np.ndarray, rng: np.random.Generator, gamma_range=None) -> np.ndarray:
+    """Gamma and contrast jitter of float frames in [0, 1] (B, H, W); black stays black (multiplicative).
+
+    Gamma is log-uniform in `gamma_range` (low, high), by default e^+-GAMMA_LOG_RANGE.
+    """
     count = len(images)
-    gamma = np.exp(rng.uniform(-GAMMA_LOG_RANGE, GAMMA_LOG_RANGE, size=(count, 1, 1)))
+    low, high = (-GAMMA_LOG_RANGE, GAMMA_LOG_RANGE) if gamma_range is None else np.log(gamma_range)
+    gamma = np.exp(rng.uniform(low, high, size=(count, 1, 1)))
     contrast = rng.uniform(*CONTRAST_RANGE, size=(count, 1, 1))
     return np.clip(images**gamma * contrast, 0.0, 1.0).astype(np.float32)
+
+
+def augment(images: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator, config):
+    """(frames, label maps) of one training batch under `evaluate.augmentation` (`config`).
+
+    Intensity jitter first (`jitter_intensity`, gamma range from the config), then, when the config asks
+    for geometry, one random rotation / shift / zoom per frame about its centre, applied to the frame
+    (linear) and its label map (nearest) alike (`synthecho.perturb.affine_warp`). The default config
+    draws nothing beyond the jitter: it is exactly the CPU study's augmentation.
+    """
+    from synthecho.perturb import affine_warp
+
+    images = jitter_intensity(images, rng, config.gamma)
+    if not (config.rotation_degrees or config.translate or tuple(config.scale) != (1.0, 1.0)):
+        return images, masks
+    images, masks = images.copy(), None if masks is None else masks.copy()
+    for i in range(len(images)):
+        params = {
+            "angle": rng.uniform(-config.rotation_degrees, config.rotation_degrees),
+            "translate_row": rng.uniform(-config.translate, config.translate),
+            "translate_col": rng.uniform(-config.translate, config.translate),
+            "scale": rng.uniform(*config.scale),
+            "shear": 0.0,
+        }
+        images[i] = affine_warp(images[i], params, order=1)
+        if masks is not None:
+            masks[i] = affine_warp(masks[i], params, order=0)
+    return images, masks
+
+
+def epoch_steps(epochs: int | None, rows: int, batch_size: int, steps: int) -> int:
+    """Optimizer steps of one fit: `steps`, or with `evaluate.epochs` set, that many passes over `rows`."""
+    return steps if epochs is None else epochs * -(-rows // batch_size)
+
+
+def budget_settings(evaluate_config) -> dict:
+    """The settings a task records for `evaluate.epochs` / `evaluate.augmentation` when they are not the
+    defaults (so default studies keep their unit hashes and manifests)."""
+    settings = {}
+    if evaluate_config.epochs is not None:
+        settings["epochs"] = evaluate_config.epochs
+    if evaluate_config.augmentation != type(evaluate_config.augmentation)():
+        settings["augmentation"] = evaluate_config.augmentation.model_dump(mode="json")
+    return settings
 
 
 class EpochSampler:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthecho.downstream import fit, jitter_intensity, pick_device, seeded_init
+from synthecho.downstream import augment, budget_settings, epoch_steps, fit, pick_device, seeded_init
 from synthecho.downstream.stats import classification_metrics
 from synthecho.errors import SynthechoError
 from synthecho.real import RealSplit
@@ -83,7 +83,8 @@ class ClassificationTask:
         self.batch_size = config.batch_size or evaluate_config.batch_size
         self.learning_rate = config.learning_rate or evaluate_config.learning_rate
         self.validate_every = evaluate_config.validate_every
-        self.weights = config.weights
+        self.epochs, self.augmentation = evaluate_config.epochs, evaluate_config.augmentation
+        self.weights = config.resolved_weights()
         self.validation, self.test = validation, test
         self.validation_labels = labels_of(validation, task)
         self.test_labels = labels_of(test, task)
@@ -97,6 +98,7 @@ class ClassificationTask:
             "learning_rate": self.learning_rate,
             "validate_every": self.validate_every,
             "optimizer": "Adam",
+            **budget_settings(evaluate_config),
         }
 
     def new_model(self, seed: int):
@@ -136,7 +138,8 @@ class ClassificationTask:
         loss_function = torch.nn.CrossEntropyLoss()
 
         def step_loss(model, indices, rng):
-            batch = torch.from_numpy(jitter_intensity(images[indices], rng))[:, None].to(self.device)
+            frames, _ = augment(images[indices], None, rng, self.augmentation)
+            batch = torch.from_numpy(frames)[:, None].to(self.device)
             return loss_function(model(batch), torch.from_numpy(labels[indices]).to(self.device))
 
         return fit(
@@ -144,7 +147,7 @@ class ClassificationTask:
             size=len(data),
             step_loss=step_loss,
             score=self.validation_score,
-            steps=steps,
+            steps=epoch_steps(self.epochs, len(data), self.batch_size, steps),
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             validate_every=self.validate_every,

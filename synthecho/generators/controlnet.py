@@ -180,6 +180,10 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         progress=progress,
     )
 
+    from synthecho.training import is_main_process
+
+    if not is_main_process():  # a data-parallel peer (accelerate launch): the main process saves
+        return {"kind": KIND, **info}
     # 3. Save as a StableDiffusionControlNetPipeline; the grid comes from the saved folder.
     described = latent.pipeline_descriptor(KIND, config, resolution, "conditioning", parts)
     described["conditioning_embedding_out_channels"] = list(

@@ -285,6 +285,10 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         **recipe_loop_settings(recipe, progress),
     )
 
+    from synthecho.training import is_main_process
+
+    if not is_main_process():  # a data-parallel peer (accelerate launch): the main process saves
+        return {"kind": KIND, **info}
     # 4. Save, then draw the grid from the saved folder (proves it loads).
     save(unet.to("cpu"), out_dir, config, resolution)
     save_loss_curve(info["losses"], out_dir / "loss_curve.png", title="ddpm training loss")

@@ -87,6 +87,10 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         recipe, parts, real_train, out_dir, steps=recipe.train.steps, name="unet", progress=progress
     )
 
+    from synthecho.training import is_main_process
+
+    if not is_main_process():  # a data-parallel peer (accelerate launch): the main process saves
+        return {"kind": KIND, **info}
     # 3. Save the pipeline (scheduler = training noise schedule), then sample the grid from the saved folder.
     latent.save_pipeline(
         parts, out_dir, latent.pipeline_descriptor(KIND, config, resolution, "segmenter", parts)

@@ -449,6 +449,10 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
             "device": next(iter(per_class.values()))["device"],
         }
 
+    from synthecho.training import is_main_process
+
+    if not is_main_process():  # a data-parallel peer (accelerate launch): the main process saves
+        return {"kind": KIND, **info}
     # 4. Save, then prove the saved folder loads by drawing the sample grid from it.
     save(denoisers, out_dir, config, resolution, unet_kwargs)
     save_loss_curve(info["losses"], out_dir / "loss_curve.png", title=f"sdm/{config.variant} training loss")

@@ -62,7 +62,7 @@ STAGES: tuple[Stage, ...] = (
         "evaluate",
         ("evaluate",),
         ("filter", "prepare"),
-        "nothing outside the run (CLIPSeg and ImageNet weights are optional)",
+        "ImageNet ResNet-18 weights when evaluate.classification.pretrained (CLIPSeg weights are optional)",
         in_build=lambda recipe: recipe.evaluate.enabled,
     ),
     Stage("card", ("name", "version", "description", "license", "publish"), ("filter",), "nothing"),
@@ -132,8 +132,9 @@ def run_stage(
 ):
     """Run one stage unless it is current; returns {"skipped", "seconds", **what the stage measured}.
 
-    A stage that finishes only part of its work (one rank of a multi-process `generate`) returns
+    A stage that finishes only part of its work (one rank of a multi-process `generate` or `train`) returns
     `complete: False`: it is not marked, and whichever process completes the last part marks it.
+    `recipe.threads` (`--threads`), when set, is torch's CPU thread count for the stage.
     """
     stage, run_dir = BY_NAME[name], Path(run_dir)
     module = stage_module(name)
@@ -141,6 +142,10 @@ def run_stage(
         still_fresh = getattr(module, "outputs_current", None)
         if still_fresh is None or still_fresh(recipe, run_dir):
             return {"skipped": True, **read_stage_marker(run_dir, name)["info"]}
+    if recipe.threads is not None:  # None: torch's own default, as every run before the key existed
+        import torch
+
+        torch.set_num_threads(recipe.threads)
     started = time.time()
     try:
         info = module.run(recipe, run_dir, force=force, progress=progress, **options)
