@@ -119,8 +119,10 @@ def test_the_controlnet_options():
     assert load_recipe("controlnet-9k").generate.perturb.elastic_control_points_col is None  # 10 x 10
 
 
+@pytest.mark.slow
 def test_a_controlnet_trains_over_the_unet_of_an_sd_run(tmp_path):
-    """The sd-9k option for real (tiny): `generator.base_model` = an sd run's generator folder."""
+    """The sd-9k option for real (tiny): `generator.base_model` = an sd run's generator folder (~15 s of
+    CPU: two tiny latent-diffusion trainings)."""
     from safetensors.torch import load_file
 
     from synthecho.generators import controlnet, sd
