@@ -31,13 +31,6 @@ SetOption = Annotated[
 ]
 RunDirOption = Annotated[Path | None, typer.Option("--run-dir", help="default: runs/<recipe name>")]
 ForceOption = Annotated[bool, typer.Option("--force", help="redo the stage even if its inputs are unchanged")]
-ThreadsOption = Annotated[
-    int | None,
-    typer.Option(
-        "--threads",
-        help="torch CPU threads for every stage (recipe key `threads`; default: torch's, one per core)",
-    ),
-]
 
 
 def friendly_errors(command):
@@ -54,20 +47,18 @@ def friendly_errors(command):
     return wrapper
 
 
-def _load(recipe: str, overrides: list[str] | None, run_dir: Path | None, threads: int | None = None):
-    """The recipe with its --set overrides (and --threads, which is the recipe key `threads`)."""
+def _load(recipe: str, overrides: list[str] | None, run_dir: Path | None):
     from synthecho.recipe import load_recipe
 
-    overrides = [*(overrides or []), *([f"threads={threads}"] if threads is not None else [])]
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_recipe(recipe, overrides or [])
     return loaded, loaded.resolve_run_dir(run_dir)
 
 
-def _run_stage(stage: str, recipe: str, overrides, run_dir, force: bool, threads=None, **options) -> None:
+def _run_stage(stage: str, recipe: str, overrides, run_dir, force: bool, **options) -> None:
     """Load the recipe and run one stage through the runner `build` uses (skip / time / mark)."""
     from synthecho.stages import run_stage
 
-    loaded, folder = _load(recipe, overrides, run_dir, threads)
+    loaded, folder = _load(recipe, overrides, run_dir)
     _report(stage, run_stage(stage, loaded, folder, force=force, **options))
 
 
@@ -85,13 +76,16 @@ def phantom(
     patients: Annotated[int, typer.Option(help="number of simulated patients")] = 12,
     seed: Annotated[int, typer.Option(help="same seed -> byte-identical files")] = 0,
     layout: Annotated[str, typer.Option(help="2023 (NIfTI, CAMUS_public) or 2019 (.mhd challenge)")] = "2023",
+    test_patients: Annotated[
+        int | None, typer.Option(help="patients in the test split (default ~15%); their truth goes to truth/")
+    ] = None,
 ) -> None:
     """Write the built-in CAMUS-format phantom (simulated apical echo views with labels)."""
     from synthecho.sources.phantom import write_phantom
 
     if layout not in ("2023", "2019"):
         raise SynthechoError(f"--layout must be 2023 or 2019, got {layout!r}")
-    root = write_phantom(out_dir, patients=patients, seed=seed, layout=layout)
+    root = write_phantom(out_dir, patients=patients, seed=seed, layout=layout, test_patients=test_patients)
     typer.echo(f"phantom ({patients} patients, layout {layout}) written to {root}")
 
 
@@ -107,17 +101,10 @@ def prepare(
 @app.command()
 @friendly_errors
 def train(
-    recipe: RecipeOption,
-    set: SetOption = None,
-    run_dir: RunDirOption = None,
-    force: ForceOption = False,
-    threads: ThreadsOption = None,
+    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
 ):
-    """Train the generator and the segmenter on the real train split (resumes after interruption).
-
-    Under `accelerate launch` the generator trains data-parallel on every process (README: Several GPUs).
-    """
-    _run_stage("train", recipe, set, run_dir, force, threads)
+    """Train the generator and the segmenter on the real train split (resumes after interruption)."""
+    _run_stage("train", recipe, set, run_dir, force)
 
 
 @app.command()
@@ -130,46 +117,29 @@ def generate(
     shard_index: Annotated[int | None, typer.Option(help="this worker's index (job arrays)")] = None,
     num_shards: Annotated[int | None, typer.Option(help="number of workers sharing the shards")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: recipe)")] = None,
-    threads: ThreadsOption = None,
 ):
     """Mass-produce triplets into <run>/shards/raw/ (skips completed shards)."""
     _run_stage(
-        "generate",
-        recipe,
-        set,
-        run_dir,
-        force,
-        threads,
-        shard_index=shard_index,
-        num_shards=num_shards,
-        device=device,
+        "generate", recipe, set, run_dir, force, shard_index=shard_index, num_shards=num_shards, device=device
     )
 
 
 @app.command(name="filter")
 @friendly_errors
 def filter_(
-    recipe: RecipeOption,
-    set: SetOption = None,
-    run_dir: RunDirOption = None,
-    force: ForceOption = False,
-    threads: ThreadsOption = None,
+    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
 ):
     """Score every row (mask consistency, near-copies, degenerate output), FID/KID, keep what passes."""
-    _run_stage("filter", recipe, set, run_dir, force, threads)
+    _run_stage("filter", recipe, set, run_dir, force)
 
 
 @app.command()
 @friendly_errors
 def evaluate(
-    recipe: RecipeOption,
-    set: SetOption = None,
-    run_dir: RunDirOption = None,
-    force: ForceOption = False,
-    threads: ThreadsOption = None,
+    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
 ):
     """Downstream baselines: segmentation and classification trained on real / synthetic / both."""
-    _run_stage("evaluate", recipe, set, run_dir, force, threads)
+    _run_stage("evaluate", recipe, set, run_dir, force)
 
 
 @app.command()
@@ -283,12 +253,11 @@ def build(
     run_dir: RunDirOption = None,
     force: ForceOption = False,
     from_stage: Annotated[str | None, typer.Option("--from", help="redo from this stage on")] = None,
-    threads: ThreadsOption = None,
 ):
     """prepare -> train -> generate -> filter -> evaluate -> card, skipping stages whose inputs are unchanged."""
     from synthecho.stages import build as pipeline
 
-    loaded, folder = _load(recipe, set, run_dir, threads)
+    loaded, folder = _load(recipe, set, run_dir)
     summary = pipeline.build(loaded, folder, force=force, from_stage=from_stage)
     typer.echo(summary)
 

@@ -3,7 +3,8 @@
 `prepare` writes one Parquet file per split (`real/train.parquet`, `validation.parquet`, `test.parquet`)
 with one row per labelled frame, resized to the recipe resolution (`record_row`, `write_split`). Frames,
 masks and sectors are stored as PNG bytes (lossless, small); `load_real` decodes them into stacked numpy
-arrays for training code.
+arrays for training code. When the source is the phantom, `real/test_truth.parquet` holds the clean
+rendering masks of the test frames (`write_truth`): `load_real(run, "test")` attaches them as `truth`.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class RealSplit:
     images: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))  # (N, H, W) uint8
     masks: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))  # (N, H, W) 0..3
     sectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), bool))  # (N, H, W) bool
+    # (N, H, W) 0..3: what the frames were rendered from, free of label noise (phantom test split only)
+    truth: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -96,6 +99,7 @@ class RealSplit:
             images=self.images[indices],
             masks=self.masks[indices],
             sectors=self.sectors[indices],
+            truth=None if self.truth is None else self.truth[indices],
         )
 
 
@@ -117,7 +121,28 @@ def load_real(run_dir: str | Path, split: str) -> RealSplit:
         return np.stack([decode_png(blob) for blob in columns[name]]).astype(dtype)
 
     sectors = stack("sector", np.uint8) > 0
-    return RealSplit(split, records, stack("image", np.uint8), stack("mask", np.uint8), sectors)
+    loaded = RealSplit(split, records, stack("image", np.uint8), stack("mask", np.uint8), sectors)
+    if split == "test":
+        loaded.truth = load_truth(run_dir, loaded.ids)
+    return loaded
+
+
+def load_truth(run_dir: str | Path, ids: list[str]) -> np.ndarray | None:
+    """The test frames' truth masks in the order of `ids`, or None when the run has none (CAMUS)."""
+    import pyarrow.parquet as pq
+
+    path = RunLayout.of(run_dir).test_truth
+    if not path.is_file():
+        return None
+    columns = pq.read_table(path).to_pydict()
+    if columns["id"] != list(ids):
+        raise SynthechoError(
+            f"{path} holds the truth of other frames than {RunLayout.of(run_dir).real_split('test')}: "
+            "re-run `synthecho prepare --recipe ... --force`."
+        )
+    if not ids:
+        return np.zeros((0, 0, 0), np.uint8)
+    return np.stack([decode_png(blob) for blob in columns["mask"]]).astype(np.uint8)
 
 
 # --- writing (the prepare stage) ----------------------------------------------------------------------
@@ -187,6 +212,21 @@ def write_split(rows: list[dict], path: Path) -> None:
     )
     table = pa.table(
         {name: pa.array(values, type=types.get(name, pa.string())) for name, values in columns.items()}
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_truth(rows: list[dict], path: Path) -> None:
+    """Write `real/test_truth.parquet`: {"id", "mask" (uint8 label map)} per test frame, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": pa.array([row["id"] for row in rows], type=pa.string()),
+            "mask": pa.array([encode_png(row["mask"], palette=True) for row in rows], type=pa.binary()),
+        }
     )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")

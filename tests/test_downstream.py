@@ -16,7 +16,9 @@ from synthecho.downstream.clipseg import ClipSegTask, prompt_for, resolve_weight
 from synthecho.downstream.segmentation import SegmentationTask
 from synthecho.downstream.study import aggregate, capped_patients, run_task
 from synthecho.errors import SynthechoError
-from synthecho.real import RealSplit, encode_png
+from synthecho.layout import RunLayout
+from synthecho.metrics import dice_per_image
+from synthecho.real import RealSplit, encode_png, load_real, write_truth
 from synthecho.recipe import EvaluateConfig, recipe_from_dict
 
 SIZE = 16
@@ -229,6 +231,16 @@ def write_real(run_dir, split: RealSplit) -> None:
     write_split(rows, run_dir / "real" / f"{split.split}.parquet")
 
 
+def phantom_like_truth(masks: np.ndarray) -> np.ndarray:
+    """A stand-in for the phantom's truth: the labels with the LV cavity grown by one pixel into the wall."""
+    from scipy.ndimage import binary_dilation
+
+    truth = masks.copy()
+    for index, mask in enumerate(masks):
+        truth[index][binary_dilation(mask == 1) & (mask == 2)] = 1
+    return truth
+
+
 def write_corpus(run_dir, split_name: str, split: RealSplit) -> None:
     """Passed rows in the published schema (corpus_features), one shard."""
     import pyarrow as pa
@@ -295,6 +307,11 @@ def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatc
     for name in ("train", "validation", "test"):
         write_real(run_dir, splits[name])
     write_corpus(run_dir, "train", splits["synthetic"])
+    # A phantom's run also holds the clean truth of its test frames (here: the labels, LV one pixel larger).
+    truth = phantom_like_truth(splits["test"].masks)
+    write_truth(
+        [{"id": i, "mask": m} for i, m in zip(splits["test"].ids, truth, strict=True)], truth_file(run_dir)
+    )
     recipe = recipe_from_dict(
         {
             "name": "tiny",
@@ -324,6 +341,11 @@ def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatc
     assert len(real["per_seed"]) == 2 and real["mean"] == pytest.approx(np.mean(real["per_seed"]))
     assert len(segmentation["wilcoxon"]["dice_la"]) == 6
     assert "per_image" not in segmentation  # per-image arrays stay in downstream/results.json
+    # Dice against the truth beside Dice against the labels, and the labels' own Dice to the truth.
+    assert "truth_dice_lv_endo" in segmentation["strategies"]["real"]["metrics"]
+    assert "LV endo Dice vs truth %" in report and "against the phantom's rendering truth" in report
+    noise = downstream["test"]["labels_vs_truth_dice"]
+    assert 0.0 < noise["lv_endo"] < 1.0 and noise["la"] == 1.0
     assert (run_dir / "downstream" / "results.json").is_file()
     assert run_stage("evaluate", recipe, run_dir, progress=False)["skipped"] is True
 
@@ -340,3 +362,32 @@ def test_evaluate_with_only_skipped_tasks_reports_why(splits, tmp_path, monkeypa
     assert result["tasks"] == [] and result["caps"] == []
     assert not (run_dir / "caps").exists()  # nothing to train: no capped generator either
     assert "Skipped: no local CLIPSeg weights" in (run_dir / "reports" / "downstream.md").read_text()
+
+
+def test_test_truth_is_attached_to_the_test_split_and_scored(splits, tmp_path):
+    from synthecho.downstream.segmentation import label_noise_dice, segmentation_metrics
+
+    test = splits["test"]
+    write_real(tmp_path, test)
+    assert load_real(tmp_path, "test").truth is None  # CAMUS: no truth, no truth metrics
+    assert "truth_dice_lv_endo" not in segmentation_metrics(test.masks, test)["summary"]
+    truth = phantom_like_truth(test.masks)
+    write_truth([{"id": i, "mask": m} for i, m in zip(test.ids, truth, strict=True)], truth_file(tmp_path))
+    loaded = load_real(tmp_path, "test")
+    np.testing.assert_array_equal(loaded.truth, truth)
+    np.testing.assert_array_equal(loaded.subset([2, 0]).truth, truth[[2, 0]])
+    # A model that predicts the truth scores 1 against it and the labels' own Dice against the labels.
+    summary = segmentation_metrics(truth, loaded)["summary"]
+    assert summary["truth_dice_lv_endo"] == summary["truth_dice_mean"] == 1.0
+    assert summary["dice_lv_endo"] == pytest.approx(dice_per_image(truth, test.masks)["lv"].mean())
+    assert label_noise_dice(loaded)["lv_endo"] == pytest.approx(summary["dice_lv_endo"])
+    # Truth of other frames than the test split is refused, naming the fix.
+    write_truth(
+        [{"id": i, "mask": m} for i, m in zip(test.ids[::-1], truth, strict=True)], truth_file(tmp_path)
+    )
+    with pytest.raises(SynthechoError, match="prepare"):
+        load_real(tmp_path, "test")
+
+
+def truth_file(run_dir):
+    return RunLayout.of(run_dir).test_truth

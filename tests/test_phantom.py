@@ -476,3 +476,46 @@ def test_the_anatomy_check_accepts_tilted_hearts_and_refuses_wrong_orientations(
             with pytest.raises(SynthechoError, match="transposed or flipped"):
                 check_anatomy(replace(record, mask=np.ascontiguousarray(wrong)))
     assert max(tilts) > 18  # the cohort does hold strongly tilted hearts
+
+
+def test_rerendered_record_shows_the_same_anatomy_with_fresh_speckle(tree_2023: Path):
+    from synthecho.sources.phantom import rerender_record
+
+    spec = {"patients": PATIENTS, "seed": 7, "size": SIZE}
+    pid = phantom_splits(PATIENTS, 7)["training"][0]
+    image, _ = read(tree_2023 / "database_nifti" / pid / f"{pid}_4CH_ES.nii.gz")
+    again = rerender_record(f"phantom2023/{pid}_4CH_ES", spec, speckle_seed=0)
+    np.testing.assert_array_equal(again > 0, image > 0)  # the same fan
+    assert 0.3 < np.corrcoef(again.ravel(), image.ravel())[0, 1] < 0.95  # same anatomy, other speckle
+    np.testing.assert_array_equal(rerender_record(f"phantom2023/{pid}_4CH_ES", spec, speckle_seed=0), again)
+    assert not np.array_equal(rerender_record(f"phantom2023/{pid}_4CH_ES", spec, speckle_seed=1), again)
+
+
+def test_prepare_writes_the_phantoms_test_truth_resized_as_the_labels(tmp_path: Path):
+    from synthecho.layout import RunLayout
+    from synthecho.real import load_real, resize_frame
+    from synthecho.recipe import recipe_from_dict
+    from synthecho.stages import run_stage
+
+    def prepare(run_dir: Path, layout: str):
+        phantom = {"patients": 8, "seed": 2, "size": [64, 56], "layout": layout, "test_patients": 3}
+        recipe = recipe_from_dict(
+            {"name": "x", "source": {"phantom": phantom}, "prepare": {"resolution": 32}}
+        )
+        run_stage("prepare", recipe, run_dir, progress=False)
+        return load_real(run_dir, "test")
+
+    test = prepare(tmp_path / "run", "2023")
+    assert len({r["patient"] for r in test.records}) == 3 and test.truth.shape == test.masks.shape
+    source = RunLayout.of(tmp_path / "run").source / "phantom-2023-n8-s2"
+    for record, truth in zip(test.records, test.truth, strict=True):
+        native = read_truth(source, record["id"])
+        image, _ = read(Path(record["source_file"]))
+        _, expected, _ = resize_frame(image, native, sector_from_image(image), 32)
+        np.testing.assert_array_equal(truth, expected)
+    assert not np.array_equal(test.truth, test.masks)
+    # The 2019 layout's test split is carved from training patients, which have no truth: no file.
+    assert prepare(tmp_path / "run2019", "2019").truth is None
+    assert not RunLayout.of(tmp_path / "run2019").test_truth.exists()
+    with pytest.raises(SynthechoError, match="test_patients"):
+        recipe_from_dict({"name": "x", "source": {"phantom": {"test_patients": 0}}})

@@ -50,6 +50,14 @@ def render_markdown(recipe, study: dict) -> str:
         f"fraction of seeds classifying the image correctly); Δ = mean difference (first − second).",
         "",
     ]
+    if noise := test.get("labels_vs_truth_dice"):
+        cells = ", ".join(f"{STRUCTURE_TITLES[name]} {noise[name] * 100:.1f} %" for name in STRUCTURE_TITLES)
+        lines += [
+            f"The test labels are an expert-like observer's contours; against the phantom's rendering truth "
+            f'they score Dice {cells}. Columns "vs truth" score the models against that truth instead: '
+            f"model error without label noise.",
+            "",
+        ]
     for name in study["tasks"]:
         settings = study["settings"][name]
         # The training budget belongs next to the numbers: a --set override changes what they mean.
@@ -82,6 +90,11 @@ def render_markdown(recipe, study: dict) -> str:
                     f"{STRUCTURE_TITLES[n]} HD95 mm" for n in names
                 ]
                 keys = [(f"dice_{n}", 100.0, 1) for n in names] + [(f"hd95_{n}", 1.0, 2) for n in names]
+                if any(
+                    "truth_dice_lv_endo" in entry.get("metrics", {}) for entry in task["strategies"].values()
+                ):
+                    header += [f"{STRUCTURE_TITLES[n]} Dice vs truth %" for n in names]
+                    keys += [(f"truth_dice_{n}", 100.0, 1) for n in names]
             else:
                 header = ["accuracy %", "macro precision %", "macro recall %", "macro F1 %"]
                 keys = [(k, 100.0, 1) for k in ("accuracy", "precision", "recall", "f1")]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from synthecho.downstream import augment, budget_settings, epoch_steps, fit, pick_device, seeded_init
+from synthecho.downstream import fit, jitter_intensity, pick_device, seeded_init
 from synthecho.downstream.stats import hd95
 from synthecho.errors import SynthechoError
 from synthecho.metrics import dice_per_image, epicardium
@@ -34,7 +34,9 @@ def segmentation_metrics(pred_labels: np.ndarray, test: RealSplit) -> dict:
     """Per-image Dice and HD95 of predicted label maps against the test masks.
 
     Returns {"per_image": {"dice_lv_endo", "dice_lv_epi", "dice_la", "dice_myo", "hd95_lv_endo", ...} ->
-    lists of floats (one per test image, in test order), "summary": the means over images}.
+    lists of floats (one per test image, in test order), "summary": the means over images}. When the test
+    split carries the phantom's truth, `truth_dice_*` give the same Dice against it: model error without
+    the label noise of the test masks.
     """
     dice = dice_per_image(pred_labels, test.masks)
     per_image: dict[str, list[float]] = {}
@@ -46,9 +48,25 @@ def segmentation_metrics(pred_labels: np.ndarray, test: RealSplit) -> dict:
             hd95(select(pred), select(target), (record["spacing_row_mm"], record["spacing_col_mm"]))
             for pred, target, record in zip(pred_labels, test.masks, test.records, strict=True)
         ]
+    if test.truth is not None:
+        truth = dice_per_image(pred_labels, test.truth)
+        per_image.update({f"truth_dice_{name}": truth[key].tolist() for name, (key, _) in STRUCTURES.items()})
+        per_image["truth_dice_myo"] = truth["myo"].tolist()
     summary = {key: float(np.mean(values)) for key, values in per_image.items()}
     summary["dice_mean"] = float(np.mean([summary[f"dice_{name}"] for name in STRUCTURES]))
+    if test.truth is not None:
+        summary["truth_dice_mean"] = float(np.mean([summary[f"truth_dice_{name}"] for name in STRUCTURES]))
     return {"summary": summary, "per_image": per_image}
+
+
+def label_noise_dice(test: RealSplit) -> dict[str, float] | None:
+    """Mean Dice of the test labels against the phantom's truth per structure (None without truth): the
+    ceiling label noise puts on Dice against the labels."""
+    if test.truth is None:
+        return None
+    dice = dice_per_image(test.masks, test.truth)
+    keys = {name: key for name, (key, _) in STRUCTURES.items()} | {"myo": "myo"}
+    return {name: float(dice[key].mean()) for name, key in keys.items()}
 
 
 class SegmentationTask:
@@ -80,7 +98,6 @@ class SegmentationTask:
         self.batch_size = task.batch_size or evaluate_config.batch_size
         self.learning_rate = task.learning_rate or evaluate_config.learning_rate
         self.validate_every = evaluate_config.validate_every
-        self.epochs, self.augmentation = evaluate_config.epochs, evaluate_config.augmentation
         self.validation, self.test = validation, test
         self.device = device or pick_device()
         self.settings = {
@@ -92,7 +109,6 @@ class SegmentationTask:
             "validate_every": self.validate_every,
             "loss": "DiceCELoss(softmax)",
             "optimizer": "Adam",
-            **budget_settings(evaluate_config),
         }
 
     def new_model(self, seed: int):
@@ -136,9 +152,9 @@ class SegmentationTask:
         images = data.images.astype(np.float32) / 255.0
 
         def step_loss(model, indices, rng):
-            batch, masks = augment(images[indices], data.masks[indices], rng, self.augmentation)
+            batch = jitter_intensity(images[indices], rng)
             logits = model(torch.from_numpy(batch)[:, None].to(self.device))
-            target = torch.from_numpy(masks.astype(np.int64))[:, None].to(self.device)
+            target = torch.from_numpy(data.masks[indices].astype(np.int64))[:, None].to(self.device)
             return loss_function(logits, target)
 
         return fit(
@@ -146,7 +162,7 @@ class SegmentationTask:
             size=len(data),
             step_loss=step_loss,
             score=self.validation_score,
-            steps=epoch_steps(self.epochs, len(data), self.batch_size, steps),
+            steps=steps,
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             validate_every=self.validate_every,

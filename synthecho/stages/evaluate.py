@@ -17,6 +17,8 @@ image (`synthecho.downstream.study`).
    its inputs, so an interrupted study resumes.
 4. Outputs: `<run>/downstream/results.json` (everything, per-image included), manifest section
    `downstream` (summaries and p-values), `reports/downstream.md` (tables), `reports/downstream.png`.
+   With the phantom, segmentation is also scored against its truth (`truth_dice_*`, beside Dice
+   against the noisy test labels) and the labels' own Dice to the truth is recorded.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from synthecho.downstream import STRATEGIES, corpus_split
 from synthecho.downstream.report import REPORT_MD, REPORT_PNG, render_chart, render_markdown
+from synthecho.downstream.segmentation import label_noise_dice
 from synthecho.downstream.study import (
     SYNTHETIC_STRATEGIES,
     aggregate,
@@ -45,19 +48,6 @@ from synthecho.real import SPLITS, load_real
 from synthecho.stages import is_current, mark_done, read_stage_marker, run_stage
 
 CAP_STAGES = ("train", "generate", "filter")
-CLASSIFICATION_TASKS = ("phase", "view")
-
-
-def missing_inputs(recipe) -> list[str]:
-    """The ImageNet ResNet-18 weights the classifiers start from (`evaluate.classification.pretrained`),
-    when this machine lacks them. CLIPSeg weights are optional: without them its task is skipped."""
-    if not set(CLASSIFICATION_TASKS) & set(recipe.evaluate.tasks):
-        return []
-    try:
-        recipe.evaluate.classification.resolved_weights()
-    except SynthechoError as error:
-        return [str(error)]
-    return []
 
 
 def prepare_cap_run(recipe, run_dir: Path, cap: float, *, force: bool = False, progress: bool = True) -> Path:
@@ -158,7 +148,12 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
         "strategies": strategies,
         "seeds": list(config.seeds),
         "skipped_tasks": skipped_tasks,
-        "test": {"frames": len(test), "patients": len({r["patient"] for r in test.records}), "ids": test.ids},
+        "test": {
+            "frames": len(test),
+            "patients": len({r["patient"] for r in test.records}),
+            "ids": test.ids,
+            "labels_vs_truth_dice": label_noise_dice(test),  # None unless the source is the phantom
+        },
         "validation": {
             "frames": len(validation),
             "patients": len({r["patient"] for r in validation.records}),

@@ -8,6 +8,8 @@
 4. Derive the sector (fan) from the native image, the shape words from the resized mask, and the
    image-level prompt from the attributes (`synthecho.real.record_row`).
 5. Write one Parquet file per split (atomic) and the manifest's `dataset`/`source` sections.
+6. Phantom only: the clean rendering masks of the test frames (the `_gt` files carry an observer's
+   label noise), resized exactly as the labels are, into `real/test_truth.parquet` for `evaluate`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def missing_inputs(recipe) -> list[str]:
     return []
 
 
+def phantom_folder(recipe, run_dir: Path) -> Path:
+    """Where the phantom of this recipe is written (`write_phantom`'s out_dir: tree and truth)."""
+    spec = recipe.source.phantom
+    return RunLayout.of(run_dir).source / f"phantom-{spec.layout}-n{spec.patients}-s{spec.seed}"
+
+
 def resolve_source(recipe, run_dir: Path) -> tuple[Path, str]:
     """The dataset root to read and the name that prefixes record ids ("phantom" or "camus")."""
     source = recipe.source
@@ -41,17 +49,50 @@ def resolve_source(recipe, run_dir: Path) -> tuple[Path, str]:
     from synthecho.sources.phantom import write_phantom
 
     spec = source.phantom
-    name = f"phantom-{spec.layout}-n{spec.patients}-s{spec.seed}"
-    folder = RunLayout.of(run_dir).source / name
+    folder = phantom_folder(recipe, run_dir)
     marker = folder / ".complete.json"
     settings = spec.model_dump_json()  # the folder name lacks the frame size: the marker holds it all
     if (done := current_info(marker, settings)) is not None:
         return Path(done["root"]), "phantom"
     root = write_phantom(
-        folder, patients=spec.patients, seed=spec.seed, layout=spec.layout, size=tuple(spec.size)
+        folder,
+        patients=spec.patients,
+        seed=spec.seed,
+        layout=spec.layout,
+        size=tuple(spec.size),
+        test_patients=spec.test_patients,
     )
-    write_marker(marker, "source", name, {"root": str(root)}, input_hash=settings)  # after the tree
+    write_marker(marker, "source", folder.name, {"root": str(root)}, input_hash=settings)  # after the tree
     return root, "phantom"
+
+
+def write_test_truth(recipe, run_dir: Path, records, resolution: int) -> int:
+    """`real/test_truth.parquet` from the phantom's truth of the test records; the number of frames.
+
+    The truth is resized as `record_row` resizes the labels (nearest, clipped to the resized sector). No
+    file is left behind when there is no truth (CAMUS; a 2019-layout phantom, whose test split is carved
+    from training patients the phantom does not keep truth for): a stale one would pair other frames.
+    """
+    from synthecho.labels import sector_from_image
+    from synthecho.real import resize_frame, write_truth
+
+    path = RunLayout.of(run_dir).test_truth
+    test = [record for record in records if record.split == "test"]
+    truths = []
+    if recipe.source.kind == "phantom":
+        from synthecho.sources.phantom import read_truth
+
+        folder = phantom_folder(recipe, run_dir)
+        truths = [read_truth(folder, record.id) for record in test]
+    if not test or not truths or any(truth is None for truth in truths):
+        path.unlink(missing_ok=True)
+        return 0
+    rows = []
+    for record, truth in zip(test, truths, strict=True):
+        _, mask, _ = resize_frame(record.image, truth, sector_from_image(record.image), resolution)
+        rows.append({"id": record.id, "mask": mask})
+    write_truth(rows, path)
+    return len(rows)
 
 
 def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
@@ -85,6 +126,8 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
         counts[split] = len(split_rows)
         content[split] = real_content_hash(split_rows)
         write_split(split_rows, layout.real_split(split))
+    # 6. The phantom's truth of the test frames.
+    truth_frames = write_test_truth(recipe, run_dir, records, resolution)
 
     note = ""
     if release == "2019":
@@ -104,7 +147,14 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
             "patients": patients,
             "resolution": resolution,
             "real_content_sha256": content,
+            "test_truth_frames": truth_frames,
             "note": note,
         },
     )
-    return {"records": counts, "patients": patients, "release": release, "resolution": resolution}
+    return {
+        "records": counts,
+        "patients": patients,
+        "release": release,
+        "resolution": resolution,
+        "test_truth_frames": truth_frames,
+    }

@@ -7,9 +7,10 @@ it (v > 0 is the wall on the image right: lateral in 4CH, anterior in 2CH).
 
 Variety, and where each range comes from (CAMUS publishes no distribution of these; each is an
 assumption chosen to span what apical views show, stated so that tests can hold the phantom to it):
-  * LV outline families: `conical` (pointed apex, straight walls, widest near the base), `bullet` (widest at
-    ~60 %), `spherical` (remodelled: short, wide, round apex; mostly at low EF), `hypertrophied` (walls
-    12-15.5 mm, smaller cavity, basal septal bulge).
+  * LV outline families: `conical` (rounded tip, straight walls, widest near the base), `bullet`
+    (elliptic apex, walls nearly parallel, narrowing to the annulus), `spherical` (remodelled: short,
+    wide, round; mostly at low EF), `hypertrophied` (walls 12-15.5 mm, tubular cavity, basal septal bulge
+    in half of them). Probabilities depend on the EF (`FAMILY_PROBABILITIES`).
   * Tilt of the long axis from the fan axis: 4CH ~N(12, 7) degrees, 2CH ~N(3, 8), clipped to [-18, 28];
     apex off the fan axis by ~N(0-3, 5) mm; a foreshortened view (30 %) has a shorter LV with a blunt,
     thick apex.

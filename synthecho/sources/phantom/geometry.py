@@ -179,7 +179,7 @@ def sample_view_geometry(
     fit, apex_shift, centring = 1.0, 0.0, 1.0
     geometry = build(fit, apex_shift, centring)
     while not cavity_fits(geometry) and fit > 0.6:
-        fit, apex_shift, centring = fit * 0.985, apex_shift + 0.8, centring * 0.9
+        fit, apex_shift, centring = fit * 0.985, min(apex_shift + 0.8, 15.0), centring * 0.9
         geometry = build(fit, apex_shift, centring)
     return geometry
 

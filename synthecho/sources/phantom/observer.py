@@ -116,10 +116,11 @@ class Observer:
     def contour(self, truth: np.ndarray, phase: float, sector: np.ndarray) -> np.ndarray:
         """The observer's label map of one clean frame (uint8, CAMUS labels), clipped to `sector`."""
         regions = {"endo": truth == 1, "epi": (truth == 1) | (truth == 2), "la": truth == 3}
-        drawn = {
-            name: self.draw(region, name, phase) if region.any() else region
-            for name, region in regions.items()
-        }
+        drawn = {}
+        for name, region in regions.items():
+            outline = self.draw(region, name, phase) if region.any() else region
+            # At tiny sizes a thin structure can vanish when redrawn: keep the truth rather than no label.
+            drawn[name] = outline if outline.any() or not region.any() else region
         labels = np.zeros(self.shape, dtype=np.uint8)
         labels[drawn["la"]] = 3
         labels[drawn["epi"] | drawn["endo"]] = 2

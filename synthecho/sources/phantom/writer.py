@@ -111,6 +111,28 @@ def render_patient(
     return attributes, records
 
 
+def rerender_record(record_id: str, spec: dict, speckle_seed: int) -> np.ndarray:
+    """The record's frame imaged again: the same patient, view, anatomy, phase and image quality, with
+    speckle, textures and probe artefacts drawn anew from `speckle_seed` (uint8, native size).
+
+    `spec` holds the phantom's `patients`, `seed`, `size` and (optional) `test_patients`, as the recipe's
+    `source.phantom`; 2019 ids are mapped to their 2023 patient (`phantom_id_map`). A frame that shows a
+    record's anatomy without being that record: the null of a copy detector.
+    """
+    release, patient, view, phase = parse_record_id(record_id)
+    if release != "2023":
+        id_map = phantom_id_map(spec["patients"], spec["seed"], spec.get("test_patients"))
+        patient = id_map[f"{release.removeprefix('2019-')}/{patient}"]
+    number, size = int(patient.removeprefix("patient")), tuple(spec["size"])
+    attributes = sample_patient(spec["seed"], number)
+    geometry = sample_view_geometry(spec["seed"], number, view, attributes, size)
+    rng = np.random.default_rng([spec["seed"], number, VIEW_STREAMS[view], 5, speckle_seed])
+    images, _ = render_view(
+        geometry, attributes.quality(view), np.array([0.0 if phase == "ED" else 1.0]), rng
+    )
+    return images[0]
+
+
 def cfg_text(attributes: PatientAttributes, record: ViewRecord, edv_ml: float | None = None) -> str:
     """Info_{view}.cfg: the 2023 keys (EF, FrameRate), or with `edv_ml` the 2019 ones (LVedv/LVesv/LVef)."""
     lines = [
@@ -226,22 +248,28 @@ def write_patient_2019(
 
 # --- truth ---------------------------------------------------------------------------------------------
 
-_RECORD_ID = re.compile(r"(2023|2019-training|2019-testing)/(patient\d{4}_(?:2CH|4CH)_(?:ED|ES))")
+_RECORD_ID = re.compile(r"(2023|2019-training|2019-testing)/(patient\d{4})_(2CH|4CH)_(ED|ES)")
 
 
-def truth_path(out_dir: Path | str, record_id: str) -> Path:
-    """Where the truth of a CAMUS-reader record id (``phantom2023/patient0007_4CH_ES``) would lie."""
+def parse_record_id(record_id: str) -> tuple[str, str, str, str]:
+    """(release group, patient, view, phase) of a CAMUS-reader record id, e.g. ``phantom2023/patient0007_4CH_ES``
+    -> ("2023", "patient0007", "4CH", "ES"); the group is "2023", "2019-training" or "2019-testing"."""
     match = _RECORD_ID.search(record_id)
     if match is None or not record_id.endswith(match.group(0)):
         raise SynthechoError(
             f"{record_id!r} is not a CAMUS record id (expected e.g. 'phantom2023/patient0007_4CH_ES' or "
             "'phantom2019-testing/patient0001_2CH_ED')."
         )
-    release, stem = match.groups()
+    return match.groups()
+
+
+def truth_path(out_dir: Path | str, record_id: str) -> Path:
+    """Where the truth of a CAMUS-reader record id (``phantom2023/patient0007_4CH_ES``) would lie."""
+    release, patient, view, phase = parse_record_id(record_id)
     folder = Path(out_dir) / TRUTH_DIR
     if release != "2023":
         folder = folder / release.removeprefix("2019-")
-    return folder / f"{stem}.png"
+    return folder / f"{patient}_{view}_{phase}.png"
 
 
 def read_truth(out_dir: Path | str, record_id: str) -> np.ndarray | None:
