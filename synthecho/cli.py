@@ -31,6 +31,13 @@ SetOption = Annotated[
 ]
 RunDirOption = Annotated[Path | None, typer.Option("--run-dir", help="default: runs/<recipe name>")]
 ForceOption = Annotated[bool, typer.Option("--force", help="redo the stage even if its inputs are unchanged")]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="torch CPU threads for every stage (recipe key `threads`; default: torch's, one per core)",
+    ),
+]
 
 
 def friendly_errors(command):
@@ -47,18 +54,20 @@ def friendly_errors(command):
     return wrapper
 
 
-def _load(recipe: str, overrides: list[str] | None, run_dir: Path | None):
+def _load(recipe: str, overrides: list[str] | None, run_dir: Path | None, threads: int | None = None):
+    """The recipe with its --set overrides (and --threads, which is the recipe key `threads`)."""
     from synthecho.recipe import load_recipe
 
-    loaded = load_recipe(recipe, overrides or [])
+    overrides = [*(overrides or []), *([f"threads={threads}"] if threads is not None else [])]
+    loaded = load_recipe(recipe, overrides)
     return loaded, loaded.resolve_run_dir(run_dir)
 
 
-def _run_stage(stage: str, recipe: str, overrides, run_dir, force: bool, **options) -> None:
+def _run_stage(stage: str, recipe: str, overrides, run_dir, force: bool, threads=None, **options) -> None:
     """Load the recipe and run one stage through the runner `build` uses (skip / time / mark)."""
     from synthecho.stages import run_stage
 
-    loaded, folder = _load(recipe, overrides, run_dir)
+    loaded, folder = _load(recipe, overrides, run_dir, threads)
     _report(stage, run_stage(stage, loaded, folder, force=force, **options))
 
 
@@ -101,10 +110,17 @@ def prepare(
 @app.command()
 @friendly_errors
 def train(
-    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
+    recipe: RecipeOption,
+    set: SetOption = None,
+    run_dir: RunDirOption = None,
+    force: ForceOption = False,
+    threads: ThreadsOption = None,
 ):
-    """Train the generator and the segmenter on the real train split (resumes after interruption)."""
-    _run_stage("train", recipe, set, run_dir, force)
+    """Train the generator and the segmenter on the real train split (resumes after interruption).
+
+    Under `accelerate launch` the generator trains data-parallel on every process (README: Several GPUs).
+    """
+    _run_stage("train", recipe, set, run_dir, force, threads)
 
 
 @app.command()
@@ -117,29 +133,46 @@ def generate(
     shard_index: Annotated[int | None, typer.Option(help="this worker's index (job arrays)")] = None,
     num_shards: Annotated[int | None, typer.Option(help="number of workers sharing the shards")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: recipe)")] = None,
+    threads: ThreadsOption = None,
 ):
     """Mass-produce triplets into <run>/shards/raw/ (skips completed shards)."""
     _run_stage(
-        "generate", recipe, set, run_dir, force, shard_index=shard_index, num_shards=num_shards, device=device
+        "generate",
+        recipe,
+        set,
+        run_dir,
+        force,
+        threads,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        device=device,
     )
 
 
 @app.command(name="filter")
 @friendly_errors
 def filter_(
-    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
+    recipe: RecipeOption,
+    set: SetOption = None,
+    run_dir: RunDirOption = None,
+    force: ForceOption = False,
+    threads: ThreadsOption = None,
 ):
     """Score every row (mask consistency, near-copies, degenerate output), FID/KID, keep what passes."""
-    _run_stage("filter", recipe, set, run_dir, force)
+    _run_stage("filter", recipe, set, run_dir, force, threads)
 
 
 @app.command()
 @friendly_errors
 def evaluate(
-    recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
+    recipe: RecipeOption,
+    set: SetOption = None,
+    run_dir: RunDirOption = None,
+    force: ForceOption = False,
+    threads: ThreadsOption = None,
 ):
     """Downstream baselines: segmentation and classification trained on real / synthetic / both."""
-    _run_stage("evaluate", recipe, set, run_dir, force)
+    _run_stage("evaluate", recipe, set, run_dir, force, threads)
 
 
 @app.command()
@@ -253,11 +286,12 @@ def build(
     run_dir: RunDirOption = None,
     force: ForceOption = False,
     from_stage: Annotated[str | None, typer.Option("--from", help="redo from this stage on")] = None,
+    threads: ThreadsOption = None,
 ):
     """prepare -> train -> generate -> filter -> evaluate -> card, skipping stages whose inputs are unchanged."""
     from synthecho.stages import build as pipeline
 
-    loaded, folder = _load(recipe, set, run_dir)
+    loaded, folder = _load(recipe, set, run_dir, threads)
     summary = pipeline.build(loaded, folder, force=force, from_stage=from_stage)
     typer.echo(summary)
 

@@ -180,7 +180,12 @@ class TrainConfig(Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     checkpoint_every: int = Field(100, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # "bf16" on GPUs; CPUs train in fp32
-    gradient_accumulation_steps: int = 1
+    # Micro-batches per optimizer step; the global batch is batch_size x this x the number of processes.
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    # Learning-rate schedule (diffusers' get_scheduler): linear warm-up over lr_warmup_steps, then constant,
+    # linear decay to 0 at train.steps (guided diffusion's lr_anneal_steps) or cosine decay.
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
     grid_sampler_steps: int = 10  # steps used for the sample grid written after training
 
 
@@ -207,7 +212,10 @@ class PerturbSpec(Section):
     translate_col: float = 0.0
     scale: tuple[float, float] = (0.8, 1.05)
     shear: float = 5.0
-    elastic_control_points: int = 10
+    elastic_control_points: int = 10  # B-spline control points along rows (and columns, unless set below)
+    # Along columns; None = elastic_control_points (10 x 10). Echo from noise's torchio grid was in effect
+    # 10 x 4 (synthecho.perturb); rows record only elastic_control_points, the plan and manifest record this.
+    elastic_control_points_col: int | None = None
     elastic_max_displacement: float = 30 / 256  # fraction of the image side (30 px at 256 px)
 
 
@@ -259,6 +267,25 @@ class ClassificationTaskConfig(Section):
     # Local torchvision resnet18 state dict (.pth/.safetensors); nothing can be downloaded here, so the
     # default is random init. The RGB stem is averaged to 1 channel, the 1000-class head replaced.
     weights: str | None = None
+    # True: ImageNet weights are an input of the study (DiffEcho's protocol), from `weights` or else the
+    # environment variable `weights_env`; `check` and `build` refuse to start without them.
+    pretrained: bool = False
+    weights_env: str = "SYNTHECHO_RESNET18_WEIGHTS"
+
+    def resolved_weights(self) -> str | None:
+        """The weights file the classifiers start from: `weights`, or with `pretrained` `$weights_env`;
+        with `pretrained`, no such file is an error naming both keys and how to make the file."""
+        weights = self.weights or (os.environ.get(self.weights_env) if self.pretrained else None) or None
+        if self.pretrained and (weights is None or not Path(weights).expanduser().is_file()):
+            where = f"{weights!r} does not exist" if weights else "no file is given"
+            raise SynthechoError(
+                f"evaluate.classification.pretrained needs ImageNet ResNet-18 weights, but {where}: set "
+                f"evaluate.classification.weights or ${self.weights_env} to a local torchvision resnet18 "
+                f'state dict (made where there is network: python -c "import torch, torchvision; '
+                f"torch.save(torchvision.models.resnet18(weights='IMAGENET1K_V1').state_dict(), "
+                f"'resnet18-imagenet.pth')\"), or set pretrained to false for random initialisation."
+            )
+        return weights
 
 
 class ClipSegTaskConfig(Section):
@@ -280,6 +307,28 @@ class ClipSegTaskConfig(Section):
         return value
 
 
+class AugmentationConfig(Section):
+    """Training-time augmentation of the downstream models; the defaults are the CPU study's intensity jitter.
+
+    Geometry (rotation, shift, zoom) is off by default: apical views have a fixed layout, and the CPU
+    budgets are too short to profit. Echo from noise trained its U-Net with rotation +-10 degrees,
+    translation, scaling 0.8-1.2 and gamma 0.5-3.
+    """
+
+    rotation_degrees: float = Field(0.0, ge=0, lt=90)  # rotation drawn from +-this
+    translate: float = Field(0.0, ge=0, lt=0.5)  # shift drawn from +-this x the frame side, per axis
+    scale: tuple[float, float] = (1.0, 1.0)  # zoom drawn from [low, high]
+    # Gamma drawn log-uniformly from [low, high]; None = the default jitter (gamma e^+-0.25).
+    gamma: tuple[float, float] | None = None
+
+    @field_validator("scale", "gamma")
+    @classmethod
+    def _ranges(cls, value):
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError(f"expected (low, high) with 0 < low <= high, got {value}")
+        return value
+
+
 class EvaluateConfig(Section):
     enabled: bool = False
     tasks: list[Literal["segmentation", "phase", "view", "clipseg"]] = ["segmentation", "phase", "view"]
@@ -292,9 +341,14 @@ class EvaluateConfig(Section):
     seeds: list[int] = [0, 1, 2]  # >= 3 seeds before any claim
     real_caps: list[float] = [1.0]
     steps: int = 200
+    # None: every model trains for a fixed number of optimizer steps (`steps`, the CPU budget). Set: a model
+    # trained on N rows runs ceil(epochs x N / batch size) steps, pretraining and fine-tuning alike
+    # (the papers' budget: epochs over each training set).
+    epochs: int | None = Field(None, ge=1)
     batch_size: int = 8
     learning_rate: float = 1e-3
     validate_every: int = Field(25, ge=1)  # model selection on real validation every N steps (and at the end)
+    augmentation: AugmentationConfig = AugmentationConfig()
     max_synthetic: int | None = None  # cap synthetic training rows (time budget); None = every passed row
     segmentation: SegmentationTaskConfig = SegmentationTaskConfig()
     classification: ClassificationTaskConfig = ClassificationTaskConfig()
@@ -320,6 +374,9 @@ class Recipe(Section):
     description: str = ""
     license: str | None = None  # required by `publish`: synthetic data derived from CAMUS annotations
     seed: int = 0
+    # torch CPU threads of every stage (`--threads`); None = torch's default (one per core). CPU float
+    # results can depend on it, so the manifest records the count used (environment.torch_threads).
+    threads: int | None = Field(None, ge=1)
     run_dir: str | None = None  # default runs/<name>
     source: SourceConfig = SourceConfig()
     prepare: PrepareConfig = PrepareConfig()

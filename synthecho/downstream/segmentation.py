@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from synthecho.downstream import fit, jitter_intensity, pick_device, seeded_init
+from synthecho.downstream import augment, budget_settings, epoch_steps, fit, pick_device, seeded_init
 from synthecho.downstream.stats import hd95
 from synthecho.errors import SynthechoError
 from synthecho.metrics import dice_per_image, epicardium
@@ -98,6 +98,7 @@ class SegmentationTask:
         self.batch_size = task.batch_size or evaluate_config.batch_size
         self.learning_rate = task.learning_rate or evaluate_config.learning_rate
         self.validate_every = evaluate_config.validate_every
+        self.epochs, self.augmentation = evaluate_config.epochs, evaluate_config.augmentation
         self.validation, self.test = validation, test
         self.device = device or pick_device()
         self.settings = {
@@ -109,6 +110,7 @@ class SegmentationTask:
             "validate_every": self.validate_every,
             "loss": "DiceCELoss(softmax)",
             "optimizer": "Adam",
+            **budget_settings(evaluate_config),
         }
 
     def new_model(self, seed: int):
@@ -152,9 +154,9 @@ class SegmentationTask:
         images = data.images.astype(np.float32) / 255.0
 
         def step_loss(model, indices, rng):
-            batch = jitter_intensity(images[indices], rng)
+            batch, masks = augment(images[indices], data.masks[indices], rng, self.augmentation)
             logits = model(torch.from_numpy(batch)[:, None].to(self.device))
-            target = torch.from_numpy(data.masks[indices].astype(np.int64))[:, None].to(self.device)
+            target = torch.from_numpy(masks.astype(np.int64))[:, None].to(self.device)
             return loss_function(logits, target)
 
         return fit(
@@ -162,7 +164,7 @@ class SegmentationTask:
             size=len(data),
             step_loss=step_loss,
             score=self.validation_score,
-            steps=steps,
+            steps=epoch_steps(self.epochs, len(data), self.batch_size, steps),
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             validate_every=self.validate_every,

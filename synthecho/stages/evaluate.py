@@ -48,6 +48,19 @@ from synthecho.real import SPLITS, load_real
 from synthecho.stages import is_current, mark_done, read_stage_marker, run_stage
 
 CAP_STAGES = ("train", "generate", "filter")
+CLASSIFICATION_TASKS = ("phase", "view")
+
+
+def missing_inputs(recipe) -> list[str]:
+    """The ImageNet ResNet-18 weights the classifiers start from (`evaluate.classification.pretrained`),
+    when this machine lacks them. CLIPSeg weights are optional: without them its task is skipped."""
+    if not set(CLASSIFICATION_TASKS) & set(recipe.evaluate.tasks):
+        return []
+    try:
+        recipe.evaluate.classification.resolved_weights()
+    except SynthechoError as error:
+        return [str(error)]
+    return []
 
 
 def prepare_cap_run(recipe, run_dir: Path, cap: float, *, force: bool = False, progress: bool = True) -> Path:
