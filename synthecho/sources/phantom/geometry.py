@@ -78,7 +78,7 @@ def sample_view_geometry(
     cut = rng.uniform(0.72, 0.9)
     apical_wall = rng.uniform(1.1, 1.5) if foreshortened else rng.uniform(0.45, 0.7)
     if foreshortened:  # the plane misses the true apex: a shorter LV with a blunt, thick cap
-        length, bluntness, peak = length * cut, min(bluntness + 0.8, 2.6), peak * 0.7
+        length, bluntness, peak = length * cut, max(bluntness, min(bluntness + 0.8, 2.2)), peak * 0.7
     territory = TERRITORIES.get(heart["territory"]) if heart["territory"] else None
     bulge = rng.random() < 0.5  # half the hypertrophied hearts have a basal septal bulge
     form = LVForm(
