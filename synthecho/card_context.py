@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from synthecho.card_quality import attribute_audit_values, copy_check_values, phase_geometry_values
 from synthecho.formatting import STRATEGY_TITLES, cell, number, percent, plus_minus, short_hash, significant
 from synthecho.layout import hub
 from synthecho.manifest import PUBLISHED_SPLITS, article_rule, manifest_get, published_rows
@@ -50,6 +51,14 @@ COLUMN_DOCS: dict[str, str] = {
     "dice_myo": "same, myocardium",
     "dice_la": "same, left atrium",
     "copy_similarity": "similarity to the closest real training image (memorisation check)",
+    "conditioned_on": "what the generator was conditioned on (label_map, prompt, view, phase, ...)",
+    "view_score": "filter classifier's probability of the row's `view`",
+    "phase_score": "filter classifier's probability of the row's `phase`",
+}
+# Meanings that changed with a check: used for manifests that record the newer check (`metrics.copy_check`).
+COLUMN_DOCS_COPY_CHECK = {
+    "copy_similarity": "memorisation check: highest speckle similarity to the row's source frame warped by "
+    "its `mask_transform`, that record's other phase, or any real train frame",
 }
 
 # Downstream tables: (metric keys shown, column titles) per task; metrics are fractions shown as percentages.
@@ -87,8 +96,9 @@ def _feature_type(feature: dict) -> str:
 def _columns(manifest: dict) -> list[dict]:
     from synthecho.card_header import recorded_feature_dict
 
+    docs = COLUMN_DOCS | (COLUMN_DOCS_COPY_CHECK if manifest_get(manifest, "metrics.copy_check") else {})
     return [
-        {"name": name, "type": _feature_type(feature), "meaning": COLUMN_DOCS.get(name, "")}
+        {"name": name, "type": _feature_type(feature), "meaning": docs.get(name, "")}
         for name, feature in recorded_feature_dict(manifest).items()
     ]
 
@@ -407,6 +417,9 @@ def card_context(manifest: dict) -> dict:
         ),
         "inception_note": metrics.get("inception_note"),
         "attribute_fidelity": _attribute_fidelity(manifest),
+        "attribute_audit": attribute_audit_values(metrics),
+        "copy_check": copy_check_values(metrics, manifest_get(manifest, "counts.rejected.near_copy")),
+        "phase_geometry": phase_geometry_values(metrics),
         "mask_fidelity_recorded": "mask_fidelity" in metrics,  # manifests older than the metric lack it
         "mask_fidelity": mask_fidelity_values(metrics.get("mask_fidelity")),
         "segmenter": _segmenter(manifest),

@@ -14,6 +14,10 @@ STRATEGY_TITLES = {
     "synthetic": "synthetic only",
     "pretrain_finetune": "synthetic → real fine-tune",
     "real_plus_synthetic": "real + synthetic",
+    # the row-paired controls: each synthetic row replaced by its source frame warped like its mask
+    "warped": "warped real only",
+    "warped_pretrain_finetune": "warped real → real fine-tune",
+    "real_plus_warped": "real + warped real",
 }
 
 
@@ -56,5 +60,24 @@ def p_value(value: float) -> str:
     return f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}"
 
 
+def effect_interval(effect: dict, scale: float = 100.0, digits: int = 1) -> str:
+    """A paired effect (`mean_difference`, `ci_low`, `ci_high`; fractions shown as points) as
+    `+1.2 [−0.4, +2.9]`."""
+    values = [effect["mean_difference"], effect["ci_low"], effect["ci_high"]]
+    # a value that rounds to zero has no sign (no "−0.0")
+    text = [f"{v * scale:+.{digits}f}" if round(v * scale, digits) else f"{0:.{digits}f}" for v in values]
+    mean, low, high = (t.replace("-", "−") for t in text)
+    return f"{mean} [{low}, {high}]"
+
+
 def short_hash(digest: Any) -> str:
     return str(digest)[:12] if digest else "n/a"
+
+
+def proportion_values(found: dict | None) -> dict | None:
+    """A proportion record ({"k", "n", "rate", "ci95"}, Clopper-Pearson bounds) as formatted parts."""
+    if not found or found.get("rate") is None:
+        return None
+    low, high = found["ci95"]
+    parts = {"rate": found["rate"], "low": low, "high": high, "k": found["k"], "n": found["n"]}
+    return {key: number(value) for key, value in parts.items()}

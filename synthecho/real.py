@@ -251,3 +251,54 @@ def check_patient_splits(rows: list[dict]) -> dict[str, int]:
         if other != row["split"]:
             raise SynthechoError(f"patient {row['patient']} appears in splits {other} and {row['split']}")
     return {split: sum(1 for s in seen.values() if s == split) for split in SPLITS}
+
+
+# --- the copy check's null: legitimate same-anatomy frames (`real/copy_null.parquet`) ------------------
+
+# kind: "rerender" (phantom: the record's geometry imaged again with fresh speckle seeds), "other_phase"
+# (the other labelled phase of the record's recording), "neighbour_frame" (a frame of the recording's
+# half sequence next to the record's). made_from: the record id the frame *is*, when it is one.
+COPY_NULL_COLUMNS = ("record_id", "split", "kind", "detail", "made_from")
+
+
+@dataclass
+class CopyNull:
+    """Null pairs: (record `pairs[i]["record_id"]`, frame `images[i]`), frames at the prepared resolution."""
+
+    pairs: list[dict] = field(default_factory=list)  # COPY_NULL_COLUMNS per pair
+    images: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def write_copy_null(pairs: list[dict], images: list[np.ndarray], path: Path) -> None:
+    """Write `real/copy_null.parquet` (COPY_NULL_COLUMNS + the frame as PNG bytes), atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {name: pa.array([pair[name] for pair in pairs], type=pa.string()) for name in COPY_NULL_COLUMNS}
+    columns["image"] = pa.array([encode_png(image) for image in images], type=pa.binary())
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(columns), tmp, compression="zstd")
+
+
+def load_copy_null(run_dir: str | Path) -> CopyNull:
+    """Decode `real/copy_null.parquet`; a clear error naming the fix when `prepare` did not write it."""
+    import pyarrow.parquet as pq
+
+    path = RunLayout.of(run_dir).copy_null
+    if not path.is_file():
+        raise SynthechoError(
+            f"{path} is missing: it is written by `synthecho prepare` since the copy check's null was added; "
+            f"re-run `synthecho prepare --recipe ... --force` (or set filter.copy_threshold)."
+        )
+    columns = pq.read_table(path).to_pydict()
+    pairs = [
+        dict(zip(COPY_NULL_COLUMNS, values, strict=True))
+        for values in zip(*(columns[n] for n in COPY_NULL_COLUMNS), strict=True)
+    ]
+    images = (
+        np.stack([decode_png(blob) for blob in columns["image"]]) if pairs else np.zeros((0, 0, 0), np.uint8)
+    )
+    return CopyNull(pairs, images)

@@ -79,6 +79,7 @@ class SourceConfig(Section):
 
 class PrepareConfig(Section):
     resolution: int = Field(64, description="square frames; generators need a multiple of 8")
+    copy_null_renders: int = Field(4, ge=1)  # phantom: re-renderings per record in real/copy_null.parquet
 
     @field_validator("resolution")
     @classmethod
@@ -217,6 +218,9 @@ class PerturbSpec(Section):
     # 10 x 4 (synthecho.perturb); rows record only elastic_control_points, the plan and manifest record this.
     elastic_control_points_col: int | None = None
     elastic_max_displacement: float = 30 / 256  # fraction of the image side (30 px at 256 px)
+    # preserve: a row's scale and elastic draw keep its mask's cavity area and wall ratio on the claimed
+    # phase's side (synthecho.plan.PhasePreserver); echo_from_noise: the seed's ranges as they are.
+    phase_policy: Literal["preserve", "echo_from_noise"] = "preserve"
 
 
 class GenerateConfig(Section):
@@ -237,7 +241,15 @@ class GenerateConfig(Section):
 class FilterConfig(Section):
     # A row is rejected when the segmenter disagrees with its mask below these Dice values.
     dice_threshold: dict[str, float] = {"lv": 0.5, "myo": 0.3, "la": 0.4}
-    copy_threshold: float | None = None  # None: calibrated on real ED-vs-ES pairs (same patient, view)
+    copy_threshold: float | None = None  # None: copy_null_quantile of the null (real/copy_null.parquet)
+    copy_null_quantile: float = Field(0.995, gt=0.5, lt=1)
+    # Null kinds the threshold is calibrated on; neighbour_frame pairs (adjacent frames) share their
+    # recording's speckle, so a threshold above them would pass copies: reported, not used.
+    copy_null_kinds: list[Literal["rerender", "other_phase", "neighbour_frame"]] = ["rerender", "other_phase"]
+    # Reject a row whose claimed view / phase has a probability below this under the filter's
+    # classifier (None: not judged). The safety net behind a generator that follows its attributes.
+    attribute_threshold: dict[Literal["view", "phase"], float | None] = {"view": 0.5, "phase": None}
+    attribute_steps: int = Field(200, ge=1)  # training steps of each view/phase classifier (seconds on a CPU)
     inception_weights: str | None = None  # local clean-fid Inception file (never downloaded mid-build)
     inception_env: str = "SYNTHECHO_INCEPTION_WEIGHTS"
     feature_dims: int = Field(64, le=64)  # domain features pooled to <= 64 dims: stable covariances

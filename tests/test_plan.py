@@ -39,6 +39,8 @@ def fake_split(split: str, patients: int, first_patient: int = 0) -> RealSplit:
 
 
 def recipe(**generate):
+    # Records-only stand-ins (no pixels): Echo from noise's policy; `preserve` reads masks (test_quality).
+    generate.setdefault("perturb", {"phase_policy": "echo_from_noise"})
     return recipe_from_dict({"name": "camus-synth-9k", "generate": generate})
 
 

@@ -1,5 +1,6 @@
-"""Quality filters and metrics on phantom data: degenerate frames, mask consistency, plausibility, near
-copies, FID/KID on domain features, and the `filter` stage end to end (fabricated raw shards)."""
+"""Quality filters and metrics on phantom data: degenerate frames, mask consistency, plausibility, the copy
+check (planted copies caught, the null passed), attribute mismatch, warped-real counterparts, the phase
+policy, FID/KID on domain features, and the `filter` stage end to end (fabricated raw shards)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 from synthecho.quality.metrics import compare, kid, resolve_inception_weights
 from synthecho.quality.scores import (
     AnatomyLimits,
-    CopyIndex,
     degenerate_reason,
     implausibility,
     is_degenerate,
@@ -29,12 +29,12 @@ def _recipe(run_dir, **filter_options):
             "name": "quality-test",
             "run_dir": str(run_dir),
             "source": {"kind": "phantom", "phantom": {"patients": 12, "seed": 0}},
-            "prepare": {"resolution": RESOLUTION},
+            "prepare": {"resolution": RESOLUTION, "copy_null_renders": 2},
             "segmenter": {"channels": [8, 16, 32], "strides": [2, 2], "steps": 100, "batch_size": 8,
                           "learning_rate": 3e-3, "validate_every": 50},
             # Plan: 6 source records per split, 1 variant, one shard of one batch per split.
             "generate": {"variants": 1, "max_records_per_split": 6, "batch_size": 6, "batches_per_shard": 1},
-            "filter": {"kid_subsets": 20, **filter_options},
+            "filter": {"kid_subsets": 20, "attribute_steps": 150, **filter_options},
         }
     )  # fmt: skip
 
@@ -71,22 +71,57 @@ def phantom(tmp_path_factory, one_torch_thread):
     }
 
 
-def _context(phantom):
+@pytest.fixture(scope="module")
+def references(phantom):
+    """The copy check calibrated on the prepared null, and the filter's attribute classifier."""
+    from synthecho.plan import perturb_config
+    from synthecho.quality.attributes import fit_classifier, pooled
+    from synthecho.quality.copies import CopyCheck, calibrate, null_sources
+    from synthecho.real import load_copy_null
+
+    real = {split: phantom["real"][split] for split in ("train", "validation")}
+    check = CopyCheck(real)
+    null = load_copy_null(phantom["run_dir"])
+    images, sources, patients = null_sources(null, real, perturb_config(phantom["recipe"]), 0)
+    scores = check.similarity(images, sources)
+    calibration = calibrate(scores, patients, 0.995)
+    classifier = fit_classifier(
+        pooled(real["train"], real["validation"]),
+        steps=150,
+        augment=perturb_config(phantom["recipe"]),
+        progress=False,
+    )
+    return {"check": check, "null_scores": scores, "calibration": calibration, "classifier": classifier}
+
+
+def _context(phantom, references, attribute_threshold=None, copy_threshold=None):
     from synthecho.quality.scoring import ScoringContext
 
     train = phantom["real"]["train"]
-    copies = CopyIndex(train.images, train.ids)
-    threshold = copies.calibrate(train.records)["threshold"]
     limits = AnatomyLimits.from_masks(train.masks)
-    return ScoringContext(phantom["segmenter"], copies, limits, {"lv": 0.5, "myo": 0.3, "la": 0.4}, threshold)
+    return ScoringContext(
+        phantom["segmenter"],
+        references["check"],
+        limits,
+        {"lv": 0.5, "myo": 0.3, "la": 0.4},
+        references["calibration"]["threshold"] if copy_threshold is None else copy_threshold,
+        references["classifier"],
+        attribute_threshold or {"view": None, "phase": None},
+    )
 
 
-def speckle_sigma(images: np.ndarray, sectors: np.ndarray) -> float:
-    """The phantom's speckle level: std of what a 3x3 local mean leaves, inside the fan."""
-    from scipy.ndimage import uniform_filter
+def _score(context, split, images, masks, mask_sources, claims=None):
+    """score_rows for rows that claim to be `split`'s records themselves (identity transforms)."""
+    from synthecho.perturb import identity_transform
+    from synthecho.quality.copies import Source
+    from synthecho.quality.scoring import score_rows
 
-    values = images.astype(np.float64)
-    return float((values - uniform_filter(values, size=(1, 3, 3)))[sectors].std())
+    sources = [Source(split.split, i, identity_transform()) for i in range(len(images))]
+    claims = claims or [
+        {"view": r["view"], "phase": r["phase"], "patient": r["patient"]}
+        for r in split.records[: len(images)]
+    ]
+    return score_rows(images, masks, mask_sources, context, sources, claims)
 
 
 # --- degenerate frames ------------------------------------------------------------------------------
@@ -196,45 +231,135 @@ def test_inception_features_load_a_local_torchscript_file(tmp_path):
 # --- per-row checks on phantom frames -----------------------------------------------------------------
 
 
-def test_near_copies_are_rejected_and_other_patients_are_not(phantom):
-    from synthecho.quality.scoring import score_rows
+def test_warp_frame_reproduces_the_conditioning_masks(phantom):
+    """A row's source frame and mask moved by its mask_transform: the mask is exactly the conditioning
+    mask the generator was given (one coordinate map for both), the image lies in the sector."""
+    from synthecho.perturb import identity_transform, warp_frame
+    from synthecho.plan import build_plan, conditioning
 
-    context = _context(phantom)
-    train, validation = phantom["real"]["train"], phantom["real"]["validation"]
-    sigma = speckle_sigma(train.images, train.sectors)
-    rng = np.random.default_rng(3)
-    picks = [0, 5, 11]
-    noisy = np.clip(train.images[picks] + rng.normal(0, sigma, size=train.images[picks].shape), 0, 255)
-    noisy = (noisy * train.sectors[picks]).round().astype(np.uint8)  # fresh speckle-level noise, fan kept
-    copies = score_rows(train.images[picks], train.masks[picks], ["conditioning"] * 3, context)
-    noisy_copies = score_rows(noisy, train.masks[picks], ["conditioning"] * 3, context)
-    assert copies["reject_reason"] == ["near_copy"] * 3
-    assert copies["nearest_train"] == picks and min(copies["copy_similarity"]) > 0.999
-    assert noisy_copies["reject_reason"] == ["near_copy"] * 3, noisy_copies
-    # Frames of other patients (the validation split) are not copies of any training frame.
-    others = score_rows(validation.images, validation.masks, ["conditioning"] * len(validation), context)
-    assert "near_copy" not in others["reject_reason"]
-    assert max(others["copy_similarity"]) < context.copy_threshold
+    real = {split: phantom["real"][split] for split in ("train", "validation")}
+    plan = build_plan(phantom["recipe"], real)
+    masks, _ = conditioning(plan, real)
+    for row, mask in zip(plan, masks, strict=True):
+        split = real[row.split]
+        image, warped = warp_frame(
+            split.images[row.source_index],
+            split.masks[row.source_index],
+            split.sectors[row.source_index],
+            row.mask_transform,
+        )
+        assert np.array_equal(warped, mask), row.id
+        assert image.dtype == np.uint8 and not image[~split.sectors[row.source_index]].any()
+    first = real["train"]
+    same, _ = warp_frame(first.images[0], first.masks[0], first.sectors[0], identity_transform())
+    assert np.array_equal(same, np.where(first.sectors[0], first.images[0], 0))
 
 
-def test_swapped_masks_are_inconsistent(phantom):
-    from synthecho.quality.scoring import score_rows
+def test_copy_check_catches_planted_copies_and_passes_the_null(phantom, references):
+    """The positive control (planted copies, scored as rows are) and the null (fresh-speckle re-renders
+    of the same anatomy), at small n; copies of other patients and of the other phase are caught too."""
+    from synthecho.perturb import sample_transform, warp_frame
+    from synthecho.plan import build_plan, perturb_config
+    from synthecho.quality.copies import Source, planted_copies
 
-    context = _context(phantom)
+    check, calibration = references["check"], references["calibration"]
+    threshold = calibration["threshold"]
+    real = {split: phantom["real"][split] for split in ("train", "validation")}
+    plan = build_plan(phantom["recipe"], real)
+    planted = planted_copies(check, plan, threshold, seed=0)
+    assert planted["stated"]["caught"]["n"] == len(plan) and planted["stated"]["caught"]["rate"] >= 0.9, (
+        planted
+    )
+    assert planted["sweep"][0]["caught"]["rate"] == 1.0  # milder copies: all caught
+    false_positive = calibration["false_positive"]
+    assert false_positive["n"] == len(references["null_scores"]) and false_positive["rate"] <= 0.05, (
+        calibration
+    )
+    assert np.sum(references["null_scores"] > threshold) <= 1  # the 0.995 quantile of 80 pairs
+
+    # A train frame of another patient, unwarped, generated for a validation record: the global search.
+    train, validation = real["train"], real["validation"]
+    transform = sample_transform(5, perturb_config(phantom["recipe"]))
+    found = check.compare(train.images[[3]], [Source("validation", 0, transform)])
+    assert found["nearest"][0] == "train" and found["train_index"][0] == 3 and found["similarity"][0] > 0.99
+    # The record's other phase, warped as the row: the other-phase comparison.
+    other = next(i for i, r in enumerate(train.records) if r["patient"] == train.records[0]["patient"]
+                 and r["view"] == train.records[0]["view"] and i != 0)  # fmt: skip
+    copy, _ = warp_frame(train.images[other], train.masks[0], train.sectors[0], transform)
+    found = check.compare(copy[None], [Source("train", 0, transform)])
+    assert found["nearest"][0] == "other phase" and found["similarity"][0] > threshold
+    # Real frames of other patients as rows of train records: anatomy alike, speckle not.
+    found = check.compare(validation.images[:4], [Source("train", i, transform) for i in range(4)])
+    assert np.all(found["similarity"] < threshold), found
+
+
+def test_attribute_mismatch_rejects_a_row_whose_view_contradicts_its_image(phantom, references):
+    # Rows are real frames claimed as themselves (identity transforms): the copy check is set aside.
+    context = _context(phantom, references, {"view": 0.5, "phase": None}, copy_threshold=2.0)
+    validation = phantom["real"]["validation"]
+    flip = {"2CH": "4CH", "4CH": "2CH"}
+    true = [{"view": r["view"], "phase": r["phase"], "patient": r["patient"]} for r in validation.records]
+    wrong = [{**claim, "view": flip[claim["view"]]} for claim in true]
+    masks, sources = validation.masks, ["conditioning"] * len(validation)
+    honest = _score(context, validation, validation.images, masks, sources, true)
+    lying = _score(context, validation, validation.images, masks, sources, wrong)
+    assert "attribute_mismatch" not in honest["reject_reason"], honest
+    assert lying["reject_reason"] == ["attribute_mismatch"] * len(validation), lying
+    assert all("p(claimed view)" in detail for detail in lying["detail"])
+    assert np.allclose(np.add(honest["view_score"], lying["view_score"]), 1.0, atol=1e-6)
+
+
+def test_phase_policy_keeps_the_claimed_phase_and_records_itself(phantom):
+    from synthecho.errors import SynthechoError
+    from synthecho.plan import build_plan
+    from synthecho.quality.phase import phase_geometry
+    from synthecho.real import RealSplit
+
+    recipe = phantom["recipe"]
+    real = {split: phantom["real"][split] for split in ("train", "validation")}
+    preserve = build_plan(recipe, real)
+    echo = build_plan(recipe, real, phase_policy="echo_from_noise")
+    geometry = phase_geometry(recipe, real, preserve)
+    measured = geometry["by_policy"]
+    assert geometry["policy"] == "preserve" == preserve[0].phase_policy
+    assert measured["preserve"]["ratio"]["rate"] == 1.0 and measured["preserve"]["cavity_area"]["rate"] == 1.0
+    assert measured["echo_from_noise"]["cavity_area"]["rate"] < 1.0, measured
+    # The same draws: a row that kept its phase at the first draw differs in the scale alone, inside
+    # Echo from noise's range; an Echo-from-noise plan hashes as plans did before the policy existed.
+    same = [
+        (a, b)
+        for a, b in zip(preserve, echo, strict=True)
+        if a.mask_transform["elastic_seed"] == b.mask_transform["elastic_seed"]
+    ]
+    assert same and all(
+        {k: v for k, v in a.mask_transform.items() if k != "scale"}
+        == {k: v for k, v in b.mask_transform.items() if k != "scale"}
+        and 0.8 <= a.mask_transform["scale"] <= 1.05
+        for a, b in same
+    )
+    assert "phase_policy" not in echo[0].to_dict() and preserve[0].to_dict()["phase_policy"] == "preserve"
+    records_only = {split: RealSplit(split, real[split].records) for split in real}  # no pixels
+    with pytest.raises(SynthechoError, match="phase_policy 'preserve' reads the masks"):
+        build_plan(recipe, records_only)
+    assert len(build_plan(recipe, records_only, phase_policy="echo_from_noise")) == len(echo)
+
+
+def test_moved_masks_are_inconsistent(phantom, references):
+    context = _context(phantom, references, copy_threshold=2.0)  # real frames as rows: not copies here
     validation = phantom["real"]["validation"]
     views = [record["view"] for record in validation.records]
-    swap = [next(j for j in range(len(views)) if views[j] != views[i]) for i in range(len(views))]
-    own = score_rows(validation.images, validation.masks, ["conditioning"] * len(views), context)
-    swapped = score_rows(validation.images, validation.masks[swap], ["generated"] * len(views), context)
+    # Each frame's own mask moved a quarter of the frame sideways (masks of other hearts can overlap well:
+    # the phantom's hearts vary in tilt and size).
+    moved = np.roll(validation.masks, RESOLUTION // 4, axis=2)
+    own = _score(context, validation, validation.images, validation.masks, ["conditioning"] * len(views))
+    swapped = _score(context, validation, validation.images, moved, ["generated"] * len(views))
     assert own["reject_reason"] == [None] * len(views), own
     assert swapped["reject_reason"] == ["mask_inconsistent"] * len(views), swapped
     assert all(value is not None and value < 0.5 for value in swapped["dice_myo"])
 
 
-def test_segmenter_masks_get_plausibility_not_dice(phantom):
-    from synthecho.quality.scoring import score_rows
-
-    context = _context(phantom)
+def test_segmenter_masks_get_plausibility_not_dice(phantom, references):
+    context = _context(phantom, references, copy_threshold=2.0)
     validation = phantom["real"]["validation"]
     mask = validation.masks[0]
     assert implausibility(mask, context.limits) is None
@@ -244,23 +369,36 @@ def test_segmenter_masks_get_plausibility_not_dice(phantom):
     huge_lv[: RESOLUTION // 2] = 1
     assert "lv area" in implausibility(np.where(mask == 3, 3, huge_lv), context.limits)
 
-    result = score_rows(validation.images[:2], np.stack([mask, mask[::-1]]), ["segmenter"] * 2, context)
+    result = _score(
+        context, validation, validation.images[:2], np.stack([mask, mask[::-1]]), ["segmenter"] * 2
+    )
     assert result["dice_lv"] == [None, None] and result["reject_reason"] == [None, "implausible_anatomy"]
 
 
-def test_attribute_classifier_learns_view_and_is_seeded(phantom):
+def test_attribute_classifiers_learn_view_are_seeded_and_cross_validated(phantom):
     import torch
 
-    from synthecho.quality.attributes import train_attribute_classifier
+    from synthecho.plan import perturb_config
+    from synthecho.quality.attributes import ARCHITECTURES, cross_validate, fit_classifier, pooled
 
-    train, validation = phantom["real"]["train"], phantom["real"]["validation"]
+    frames = pooled(phantom["real"]["train"], phantom["real"]["validation"])
+    augment = perturb_config(phantom["recipe"])
     torch.manual_seed(1)  # the caller's RNG state must not matter
-    first, metrics = train_attribute_classifier(train, validation, steps=200, progress=False)
+    first = fit_classifier(frames, steps=60, augment=augment, progress=False)
     torch.manual_seed(2)
-    second, _ = train_attribute_classifier(train, validation, steps=200, progress=False)
-    assert np.array_equal(first.logits(validation.images), second.logits(validation.images))
-    assert metrics["validation"]["view_accuracy"] >= 0.75, metrics
-    assert metrics["train"]["view_accuracy"] >= 0.9 and metrics["train"]["phase_accuracy"] >= 0.75, metrics
+    second = fit_classifier(frames, steps=60, augment=augment, progress=False)
+    assert np.array_equal(first.logits(frames.images), second.logits(frames.images))
+    # Patient-grouped 5-fold cross-validation: every frame predicted by a model that never saw its patient.
+    judge, accuracy = cross_validate(
+        frames, ARCHITECTURES["judge"], fold_seed=1, seed=1, steps=150, augment=augment, progress=False
+    )
+    assert accuracy["view"]["n"] == len(frames) and accuracy["patients"] == len(
+        {r["patient"] for r in frames.records}
+    )
+    assert accuracy["view"]["rate"] >= 0.75, accuracy
+    assert accuracy["view"]["ci95"][0] < accuracy["view"]["rate"] <= accuracy["view"]["ci95"][1]
+    folds = {judge.fold_of[r["patient"]] for r in frames.records}
+    assert folds == set(range(5)) and len(judge.models) == 5
 
 
 # --- the stage ---------------------------------------------------------------------------------------
@@ -269,8 +407,9 @@ def test_attribute_classifier_learns_view_and_is_seeded(phantom):
 def _fabricate_raw_shards(recipe, run_dir, real):
     """Raw shards named and sized as the plan says, holding known-good and known-bad rows.
 
-    Good rows show frames of held-out test patients with their own masks; the bad ones are a constant
-    frame, a mask from another view, an exact copy of a training frame and an upside-down segmenter mask.
+    Good rows show frames of held-out test patients with their own masks, of the view and phase the row
+    claims; the bad ones are a constant frame, a mask moved off its heart, an exact copy of a training frame,
+    an upside-down segmenter mask and a frame of the other view than the row claims.
     """
     from synthecho.plan import build_plan, shards_of
     from synthecho.prompts import shapes_of
@@ -280,21 +419,36 @@ def _fabricate_raw_shards(recipe, run_dir, real):
 
     test, train = real["test"], real["train"]
     expected = {}
+    by_claim: dict[tuple, list[int]] = {}
+    for i, record in enumerate(test.records):
+        by_claim.setdefault((record["view"], record["phase"]), []).append(i)
     for shard in shards_of(build_plan(recipe, {s: real[s] for s in ("train", "validation")})):
         count = len(shard.rows)
-        images, masks = (
-            test.images[np.arange(count) % len(test)].copy(),
-            test.masks[np.arange(count) % len(test)].copy(),
-        )
+        # A test frame of the view and phase the row claims (a faithful row of another patient).
+        picks = [
+            by_claim[(row.view, row.phase)][k % len(by_claim[(row.view, row.phase)])]
+            for k, row in enumerate(shard.rows)
+        ]
+        images, masks = test.images[picks].copy(), test.masks[picks].copy()
         reasons, sources = [None] * count, ["conditioning"] * count
         if shard.split == "train":
             images[0] = 90  # constant
-            other = next(j for j in range(len(test)) if test.records[j]["view"] != test.records[1]["view"])
-            masks[1] = test.masks[other]
+            masks[1] = np.roll(masks[1], RESOLUTION // 4, axis=1)  # the frame's mask, moved sideways
             images[2], masks[2] = train.images[4], train.masks[4]
             reasons[:3] = ["degenerate", "mask_inconsistent", "near_copy"]
         else:
             masks[0], sources[0], reasons[0] = masks[0][::-1], "segmenter", "implausible_anatomy"
+            # A real frame of the other view (validation: another patient than the row's source), with its
+            # own mask: not a copy of the row's source, but not the view the row claims.
+            row, validation = shard.rows[1], real["validation"]
+            flip = {"2CH": "4CH", "4CH": "2CH"}[row.view]
+            other = next(
+                i
+                for i, r in enumerate(validation.records)
+                if r["view"] == flip and r["phase"] == row.phase and r["patient"] != row.source_patient
+            )
+            images[1], masks[1] = validation.images[other], validation.masks[other]
+            reasons[1] = "attribute_mismatch"
         rows = batch_rows(list(shard.rows), images, masks, {
             "generator": "test/fabricated", "generator_sha256": "", "sampler": "ddim", "steps": 1,
             "guidance_scale": 1.0, "batch_size": count, "mask_source": "conditioning"}, True)  # fmt: skip
@@ -353,12 +507,28 @@ def test_filter_stage_end_to_end(phantom):
         "mask_inconsistent": 1,
         "implausible_anatomy": 1,
         "near_copy": 1,
+        "attribute_mismatch": 1,
     }
     metrics = manifest["metrics"]
     assert metrics["inception"] is None and "Inception features not computed" in metrics["inception_note"]
     assert set(metrics["domain"]) == {"train", "validation", "overall"}
     assert metrics["real_reference"]["domain"]["kid_mean"] is not None
     assert 0 <= metrics["attribute_fidelity"]["view_agreement"] <= 1
+    # The audit: the judge on every generated row (before any verdict) and on its warped-real counterpart.
+    audit = metrics["attribute_fidelity"]["independent"]
+    assert audit["generated"]["view"]["n"] == audit["warped_real"]["phase"]["n"] == len(expected)
+    assert audit["judge"]["real"]["view"]["n"] == len(real["train"]) + len(real["validation"])
+    assert (
+        audit["generated"]["view"]["ci95"][0]
+        <= audit["generated"]["view"]["rate"]
+        <= audit["generated"]["view"]["ci95"][1]
+    )
+    assert metrics["attribute_fidelity"]["classifier"]["cross_validation"]["folds"] == 5
+    check = metrics["copy_check"]
+    assert check["rejected"] == 1 and check["planted"]["stated"]["caught"]["n"] == len(expected)
+    assert check["calibration"]["false_positive"]["n"] == check["calibration"]["pairs"] > 0
+    assert metrics["phase_geometry"]["by_policy"]["preserve"]["ratio"]["rate"] == 1.0
+    assert set(metrics["phase_geometry"]["by_policy"]) == {"preserve", "echo_from_noise"}
     assert [entry["path"] for entry in manifest["shards"]["data"]] == [f"data/{name}" for name in data]
     # The prompts config publish will build from these shards: its size is known to the card already.
     from synthecho.prompts import prompts_table
@@ -381,6 +551,8 @@ def test_filter_stage_end_to_end(phantom):
     assert fidelity["ceiling_split"] == "validation" and 0 < fidelity["ceiling_dice"]["lv"] <= 1
     quality = (run_dir / "reports" / "quality.md").read_text()
     assert "Inception features not computed" in quality and "near_copy" in quality
+    assert "## Copy check" in quality and "planted copies" in quality and "warped-real" in quality
+    assert (run_dir / "reports" / "copy_nearest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"all {len(judged)} judged rows, before filtering" in quality
     assert (run_dir / "reports" / "filter_examples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

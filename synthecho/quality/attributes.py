@@ -1,62 +1,111 @@
 """Attribute fidelity: does a generated frame show the view and phase its row claims?
 
-A small CNN with two heads (2CH/4CH and ED/ES) is trained on the real train split, its accuracy measured
-on the real validation split, and then it predicts the view and phase of generated rows; agreement with
-the rows' attributes is the fidelity figure. The real validation accuracy is the ceiling to read it
-against: a generated set cannot agree with a classifier more than real frames do.
+Two kinds of small CNN, each with two heads (2CH/4CH and ED/ES), trained on real frames:
 
-Why a CNN of its own rather than the segmenter's pooled features: view is a matter of where things are
-(4CH shows the right heart beside the left), which global pooling discards; a separate network also keeps
-the filter from grading images with the same model that drew their masks. Frames are area-averaged to at
-most 64 px (view and phase are coarse attributes), so training takes seconds on a CPU.
+- the filter's classifier (`ARCHITECTURES["filter"]`), trained on real train + validation, gives every
+  row `view_score` / `phase_score` (the probability of the claimed value) and the `attribute_mismatch`
+  verdict. Its real accuracy is estimated by patient-grouped K-fold cross-validation of the same
+  training on the same frames (`cross_validate`), not on a handful of validation frames.
+- the judge (`AttributeJudge`, `ARCHITECTURES["judge"]`: another architecture, another seed, another fold
+  assignment) measures fidelity. The filter's classifier cannot: rows it rejected are gone, and the rows
+  it kept agree with it by selection. The judge is K fold models; every frame of a patient is judged by
+  the model whose training folds did not hold that patient, generated rows by their source patient's. So
+  its accuracy on real frames, on the warped-real counterparts of the rows (each row's source frame
+  moved by its `mask_transform`, `perturb.warp_frame`) and its agreement with the generated rows are all
+  out-of-patient figures, comparable with each other. The warped-real accuracy is the ceiling: a
+  generator that drew exactly its (perturbed) source cannot agree more.
+
+Why CNNs of their own rather than the segmenter's pooled features: view is a matter of where things are
+(4CH shows the right heart beside the left), which global pooling discards; separate networks also keep
+the filter from grading images with the model that drew their masks. Frames are area-averaged to a few
+dozen pixels (view and phase are coarse attributes), so a training run takes seconds on a CPU.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from synthecho import profiling
+from synthecho.errors import SynthechoError
 from synthecho.real import RealSplit
 from synthecho.schema import PHASES, VIEWS
 
-INPUT_SIZE = 32  # frames larger than this are area-averaged down to it
+INPUT_SIZE = 32  # the filter's classifier: frames larger than this are area-averaged down to it
+FOLDS = 5
+AUGMENT_COPIES = 3  # perturbed copies of each real frame in a classifier's training set
+AUGMENT_SIZE = 64  # frames larger than this are reduced (strided) before they are perturbed
 
 
-def _build_network():
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    description: str
+    input_size: int
+
+
+ARCHITECTURES = {
+    "filter": Architecture(
+        "filter", "CNN 3x(conv s2 + GroupNorm + SiLU) -> 4x4 pool -> linear, two heads", INPUT_SIZE
+    ),
+    "judge": Architecture(
+        "judge", "CNN 3x(conv 3x3 + GroupNorm + ReLU + max-pool 2) -> 3x3 pool -> linear, two heads", 32
+    ),
+}
+
+
+def _build_network(architecture: Architecture):
     import torch.nn as nn
 
-    def block(c_in, c_out):
-        return [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(4, c_out), nn.SiLU()]
+    heads = len(VIEWS) + len(PHASES)
+    if architecture.name == "filter":
+
+        def block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(4, c_out), nn.SiLU()]
+
+        return nn.Sequential(
+            *block(1, 8),
+            *block(8, 16),
+            *block(16, 32),
+            nn.AdaptiveAvgPool2d(4),  # keeps a coarse 4x4 layout: left/right and up/down matter for the view
+            nn.Flatten(),
+            nn.Dropout(0.2),
+            nn.Linear(32 * 16, heads),
+        )
+
+    def pooled_block(c_in, c_out):
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(4, c_out), nn.ReLU(), nn.MaxPool2d(2)]
 
     return nn.Sequential(
-        *block(1, 8),
-        *block(8, 16),
-        *block(16, 32),
-        nn.AdaptiveAvgPool2d(4),  # keeps a coarse 4x4 layout: left/right and up/down matter for the view
+        *pooled_block(1, 8),
+        *pooled_block(8, 16),
+        *pooled_block(16, 24),
+        nn.AdaptiveAvgPool2d(3),
         nn.Flatten(),
-        nn.Dropout(0.2),
-        nn.Linear(32 * 16, len(VIEWS) + len(PHASES)),
+        nn.Dropout(0.3),
+        nn.Linear(24 * 9, heads),
     )
 
 
-def _to_input(images: np.ndarray):
-    """(N, H, W) uint8 -> (N, 1, h, w) float32 tensor in [0, 1], area-averaged to <= INPUT_SIZE."""
+def _to_input(images: np.ndarray, size: int = INPUT_SIZE):
+    """(N, H, W) uint8 -> (N, 1, h, w) float32 tensor in [0, 1], area-averaged to <= `size`."""
     import torch
     import torch.nn.functional as F
 
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0)[:, None]
-    if max(tensor.shape[-2:]) > INPUT_SIZE:
-        tensor = F.interpolate(tensor, size=(INPUT_SIZE, INPUT_SIZE), mode="area")
+    if max(tensor.shape[-2:]) > size:
+        tensor = F.interpolate(tensor, size=(size, size), mode="area")
     return tensor
 
 
 class AttributeClassifier:
     """View and phase predictions for (N, H, W) uint8 frames."""
 
-    def __init__(self, network):
+    def __init__(self, network, architecture: Architecture = ARCHITECTURES["filter"]):
         self.network = network.eval()
+        self.architecture = architecture
 
     def logits(self, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
         import torch
@@ -64,16 +113,47 @@ class AttributeClassifier:
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                out.append(self.network(_to_input(images[start : start + batch_size])).float().numpy())
+                batch = _to_input(images[start : start + batch_size], self.architecture.input_size)
+                out.append(self.network(batch).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(VIEWS) + len(PHASES)), np.float32)
+
+    def probabilities(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """{"view": (N, 2) softmax over VIEWS, "phase": (N, 2) softmax over PHASES}."""
+        logits = self.logits(images).astype(np.float64)
+        out = {}
+        for name, part in (("view", logits[:, : len(VIEWS)]), ("phase", logits[:, len(VIEWS) :])):
+            shifted = np.exp(part - part.max(axis=1, keepdims=True))
+            out[name] = shifted / shifted.sum(axis=1, keepdims=True)
+        return out
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """{"view": (N,) str array of 2CH/4CH, "phase": (N,) str array of ED/ES}."""
-        logits = self.logits(images)
+        probabilities = self.probabilities(images)
         return {
-            "view": np.array(VIEWS)[logits[:, : len(VIEWS)].argmax(axis=1)],
-            "phase": np.array(PHASES)[logits[:, len(VIEWS) :].argmax(axis=1)],
+            "view": np.array(VIEWS)[probabilities["view"].argmax(axis=1)],
+            "phase": np.array(PHASES)[probabilities["phase"].argmax(axis=1)],
         }
+
+    def scores(self, images: np.ndarray, views, phases) -> dict[str, np.ndarray]:
+        """Probability of each row's claimed view and phase: {"view": (N,), "phase": (N,)}."""
+        probabilities = self.probabilities(images)
+        view_index = np.array([VIEWS.index(v) for v in views], dtype=np.int64)
+        phase_index = np.array([PHASES.index(p) for p in phases], dtype=np.int64)
+        rows = np.arange(len(images))
+        return {
+            "view": probabilities["view"][rows, view_index],
+            "phase": probabilities["phase"][rows, phase_index],
+        }
+
+    def sha256(self) -> str:
+        """Hash of the weights (what scored shards were judged with)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.network.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
 
 def _targets(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +172,22 @@ def agreement(predicted: dict[str, np.ndarray], views, phases) -> dict[str, floa
     }
 
 
-def _fit(network, images: np.ndarray, records: list[dict], steps, batch_size, learning_rate, seed, progress):
+def proportion(successes: int, trials: int) -> dict:
+    """{"k", "n", "rate", "ci95": [low, high]}: Clopper-Pearson (exact) 95 % interval, scipy's binomtest."""
+    from scipy.stats import binomtest
+
+    if trials == 0:
+        return {"k": 0, "n": 0, "rate": None, "ci95": [None, None]}
+    interval = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=0.95, method="exact")
+    return {
+        "k": int(successes),
+        "n": int(trials),
+        "rate": successes / trials,
+        "ci95": [float(interval.low), float(interval.high)],
+    }
+
+
+def _fit(network, architecture, images, records, steps, batch_size, learning_rate, seed, progress):
     """The training loop: AdamW with a cosine schedule, random batches with gain jitter."""
     import torch
     import torch.nn.functional as F
@@ -102,9 +197,11 @@ def _fit(network, images: np.ndarray, records: list[dict], steps, batch_size, le
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     rng = np.random.default_rng(seed)
-    inputs = _to_input(images)  # small after pooling: keep the whole split as one tensor
+    inputs = _to_input(images, architecture.input_size)  # small after pooling: the whole split at once
     network.train()
-    for _ in tqdm(range(steps), desc="attribute classifier", disable=not progress, leave=False):
+    for _ in tqdm(
+        range(steps), desc=f"attribute classifier ({architecture.name})", disable=not progress, leave=False
+    ):
         with profiling.section("attributes/data"):
             index = torch.from_numpy(rng.integers(0, len(inputs), size=min(batch_size, len(inputs))))
             # Brightness jitter (gain): attributes must not be read off the overall grey level.
@@ -122,25 +219,63 @@ def _fit(network, images: np.ndarray, records: list[dict], steps, batch_size, le
     network.eval()
 
 
-def train_attribute_classifier(
-    train: RealSplit,
-    validation: RealSplit,
+def perturbed_copies(split: RealSplit, config, copies: int, seed: int) -> tuple[np.ndarray, list[dict]]:
+    """`split`'s frames plus `copies` warped copies of each (`perturb.warp_frame` with transforms drawn
+    from `config`, the recipe's perturbation): (images, records), at <= AUGMENT_SIZE px.
+
+    Generated rows are drawn from perturbed masks, so a classifier that reads them, and their warped-real
+    counterparts, must not take a rotated, sheared or elastically moved heart for another view or phase.
+    Frames are warped after a strided reduction to AUGMENT_SIZE (the warp is resolution-free and the
+    classifiers see 32 px), so augmenting a 256 px CAMUS split costs seconds.
+    """
+    from synthecho.perturb import sample_transform, warp_frame
+
+    step = max(1, split.images.shape[1] // AUGMENT_SIZE) if len(split) else 1
+    images, masks, sectors = (a[:, ::step, ::step] for a in (split.images, split.masks, split.sectors))
+    if step > 1 and split.images.shape[1] % step == 0 and split.images.shape[2] % step == 0:
+        n, h, w = split.images.shape  # images by block averaging (as the classifiers' area pooling does)
+        blocks = split.images.reshape(n, h // step, step, w // step, step).astype(np.float32)
+        images = np.rint(blocks.mean(axis=(2, 4))).astype(np.uint8)
+    out, records = [images], list(split.records)
+    rng = np.random.default_rng([seed, 7])
+    for _ in range(copies):
+        seeds = rng.integers(0, 2**63 - 1, size=len(images))
+        out.append(
+            np.stack(
+                [
+                    warp_frame(i, m, s, sample_transform(int(k), config))[0]
+                    for i, m, s, k in zip(images, masks, sectors, seeds, strict=True)
+                ]
+            )
+        )
+        records += split.records
+    return np.concatenate(out), records
+
+
+def fit_classifier(
+    split: RealSplit,
     *,
+    architecture: Architecture = ARCHITECTURES["filter"],
+    augment=None,
     steps: int = 300,
     batch_size: int = 32,
     learning_rate: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
-) -> tuple[AttributeClassifier, dict]:
-    """Train on real train frames; return the classifier and {"validation": {view_accuracy,
-    phase_accuracy}, "train": {...}, "steps", "seconds", "n_train", "n_validation"}.
+) -> AttributeClassifier:
+    """One classifier trained on `split`'s frames and their view/phase; with `augment` (a
+    `perturb.PerturbConfig`), also on AUGMENT_COPIES perturbed copies of each frame.
 
     Seeded: initialisation and dropout draw from a torch RNG seeded here (inside `fork_rng`, so the result
     does not depend on what ran before and the caller's RNG is left as it was), batches from numpy.
     """
     import torch
 
-    started = time.perf_counter()
+    if augment is None:
+        images, records = split.images, split.records
+    else:
+        images, records = perturbed_copies(split, augment, AUGMENT_COPIES, seed)
+
     # One thread: the layers are so small that thread synchronisation costs more than it saves (measured
     # 5 ms vs 60 ms per step on a busy 2-core machine). The caller's setting is restored afterwards.
     threads = torch.get_num_threads()
@@ -148,31 +283,137 @@ def train_attribute_classifier(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            network = _build_network()
-            _fit(network, train.images, train.records, steps, batch_size, learning_rate, seed, progress)
+            network = _build_network(architecture)
+            _fit(network, architecture, images, records, steps, batch_size, learning_rate, seed, progress)
     finally:
         torch.set_num_threads(threads)
-    seconds = time.perf_counter() - started
+    return AttributeClassifier(network, architecture)
 
-    classifier = AttributeClassifier(network)
 
-    def accuracy(split: RealSplit) -> dict:
-        if len(split) == 0:
-            return {"view_accuracy": None, "phase_accuracy": None}
-        split_views, split_phases = _targets(split.records)
-        found = agreement(
-            classifier.predict(split.images), np.array(VIEWS)[split_views], np.array(PHASES)[split_phases]
-        )
-        return {"view_accuracy": found["view_agreement"], "phase_accuracy": found["phase_agreement"]}
+def split_accuracy(classifier: AttributeClassifier, split: RealSplit) -> dict:
+    if len(split) == 0:
+        return {"view_accuracy": None, "phase_accuracy": None}
+    views, phases = _targets(split.records)
+    found = agreement(classifier.predict(split.images), np.array(VIEWS)[views], np.array(PHASES)[phases])
+    return {"view_accuracy": found["view_agreement"], "phase_accuracy": found["phase_agreement"]}
 
-    metrics = {
-        "model": "CNN 3x(conv s2 + GroupNorm + SiLU) -> 4x4 pool -> linear, two heads",
-        "input_size": int(min(INPUT_SIZE, train.images.shape[1])),
-        "train": accuracy(train),
-        "validation": accuracy(validation),
+
+def train_attribute_classifier(
+    train: RealSplit,
+    validation: RealSplit,
+    *,
+    steps: int = 300,
+    seed: int = 0,
+    progress: bool = True,
+    **options,
+) -> tuple[AttributeClassifier, dict]:
+    """Train on real train frames; return the classifier and {"validation": {view_accuracy,
+    phase_accuracy}, "train": {...}, "model", "steps", "seconds", "n_train", "n_validation"}."""
+    started = time.perf_counter()
+    classifier = fit_classifier(train, steps=steps, seed=seed, progress=progress, **options)
+    return classifier, {
+        "model": classifier.architecture.description,
+        "input_size": int(min(classifier.architecture.input_size, train.images.shape[1])),
+        "train": split_accuracy(classifier, train),
+        "validation": split_accuracy(classifier, validation),
         "steps": steps,
-        "seconds": round(seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
         "n_train": len(train),
         "n_validation": len(validation),
     }
-    return classifier, metrics
+
+
+# --- patient-grouped cross-validation ----------------------------------------------------------------
+
+
+def pooled(*splits: RealSplit) -> RealSplit:
+    """Several real splits as one (train + validation: every frame a row can come from)."""
+    return RealSplit(
+        "+".join(split.split for split in splits),
+        [record for split in splits for record in split.records],
+        np.concatenate([split.images for split in splits]),
+        np.concatenate([split.masks for split in splits]),
+        np.concatenate([split.sectors for split in splits]),
+    )
+
+
+def patient_folds(records: list[dict], folds: int, seed: int) -> dict[str, int]:
+    """Patient -> fold (0..folds-1): patients shuffled with `seed`, then dealt out in turn.
+
+    Whole patients go to one fold, so no fold model has seen a frame of a patient it is tested on. Plain
+    shuffled groups suffice (no stratification): every CAMUS patient contributes all four view x phase
+    frames, so each fold is balanced by construction.
+    """
+    patients = sorted({record["patient"] for record in records})
+    if len(patients) < folds:
+        raise ValueError(f"{folds}-fold cross-validation needs >= {folds} patients, got {len(patients)}")
+    if folds < 2:
+        raise ValueError("cross-validation needs >= 2 folds")
+    order = np.random.default_rng(seed).permutation(len(patients))
+    return {patients[p]: rank % folds for rank, p in enumerate(order)}
+
+
+class AttributeJudge:
+    """K fold models; a frame is judged by the model that never saw its patient (`predict`)."""
+
+    def __init__(self, models: list[AttributeClassifier], fold_of: dict[str, int]):
+        self.models = models
+        self.fold_of = fold_of
+
+    def predict(self, images: np.ndarray, patients: list[str]) -> dict[str, np.ndarray]:
+        """{"view", "phase"}: (N,) str arrays, each frame predicted by its patient's held-out model."""
+        unknown = sorted({p for p in patients if p not in self.fold_of})
+        if unknown:
+            raise ValueError(f"patients {unknown[:3]} are in no fold of the judge (not train/validation)")
+        folds = np.array([self.fold_of[p] for p in patients], dtype=np.int64)
+        out = {"view": np.empty(len(images), dtype=object), "phase": np.empty(len(images), dtype=object)}
+        for fold, model in enumerate(self.models):
+            where = np.flatnonzero(folds == fold)
+            if len(where):
+                predicted = model.predict(images[where])
+                for name in out:
+                    out[name][where] = predicted[name]
+        return {name: values.astype(str) for name, values in out.items()}
+
+    def sha256(self) -> str:
+        import hashlib
+
+        return hashlib.sha256("".join(model.sha256() for model in self.models).encode()).hexdigest()
+
+
+def cross_validate(
+    real: RealSplit, architecture: Architecture, *, folds: int = FOLDS, fold_seed: int, **options
+) -> tuple[AttributeJudge, dict]:
+    """Patient-grouped K-fold cross-validation: the fold models (as an `AttributeJudge`) and the pooled
+    out-of-fold accuracy on `real` ({"view"|"phase": proportion(...), "folds", "patients", "fold_seed"}).
+    With fewer patients than `folds`, one fold per patient (leave one patient out)."""
+    patients = len({record["patient"] for record in real.records})
+    if patients < 2:
+        raise SynthechoError(
+            f"the attribute classifiers are cross-validated by patient, but real {real.split} has {patients} "
+            f"patient(s): prepare a source with >= 2 train + validation patients."
+        )
+    folds = min(folds, patients)
+    fold_of = patient_folds(real.records, folds, fold_seed)
+    record_folds = np.array([fold_of[record["patient"]] for record in real.records])
+    models = []
+    for fold in range(folds):
+        models.append(
+            fit_classifier(
+                real.subset(np.flatnonzero(record_folds != fold)), architecture=architecture, **options
+            )
+        )
+    judge = AttributeJudge(models, fold_of)
+    predicted = judge.predict(real.images, [record["patient"] for record in real.records])
+    views, phases = _targets(real.records)
+    accuracy = {
+        "view": proportion(int(np.sum(predicted["view"] == np.array(VIEWS)[views])), len(real)),
+        "phase": proportion(int(np.sum(predicted["phase"] == np.array(PHASES)[phases])), len(real)),
+    }
+    return judge, {
+        **accuracy,
+        "folds": folds,
+        "patients": len(fold_of),
+        "fold_seed": fold_seed,
+        "frames": real.split,
+    }

@@ -181,9 +181,40 @@ def mask_fidelity(collected: Collected, segmenter, real_reference) -> dict | Non
     }
 
 
+def audit_fidelity(scored: list[tuple[object, Path, dict]], judge_metrics: dict) -> dict:
+    """The attribute judge on every generated row, before any verdict, and on each row's warped-real
+    counterpart (from the scored shards' markers): {"generated"|"warped_real": {"view"|"phase":
+    proportion, "by_split": {...}}, "judge": judge_metrics}."""
+    from synthecho.quality.attributes import proportion
+
+    pooled: dict[str, dict[str, list[bool]]] = {}
+    for shard, _, marker in scored:
+        audit = marker.get("audit") or {}
+        store = pooled.setdefault(
+            shard.split, {key: [] for key in ("view", "phase", "warped_view", "warped_phase")}
+        )
+        for key, values in store.items():
+            values.extend(audit.get(key, []))
+
+    def summary(prefix: str, splits: list[str]) -> dict:
+        return {
+            name: proportion(
+                sum(sum(pooled[s][prefix + name]) for s in splits),
+                sum(len(pooled[s][prefix + name]) for s in splits),
+            )
+            for name in ("view", "phase")
+        }
+
+    splits = list(pooled)
+    return {
+        kind: {**summary(prefix, splits), "by_split": {split: summary(prefix, [split]) for split in splits}}
+        for kind, prefix in (("generated", ""), ("warped_real", "warped_"))
+    } | {"judge": judge_metrics}
+
+
 def attribute_fidelity(collected: Collected, classifier_metrics: dict) -> dict:
-    """Agreement of the real-trained classifiers with the passed rows' claimed view/phase, per split and
-    overall, with the classifiers' own real validation accuracy alongside (the ceiling)."""
+    """Agreement of the filter's classifier with the passed rows' claimed view/phase, per split and
+    overall, with the classifier's own real accuracy alongside."""
     from synthecho.quality.attributes import agreement
 
     def pooled(store: dict, splits: list[str]) -> dict[str, np.ndarray]:

@@ -10,9 +10,11 @@ re-scoring a published corpus compute the same numbers:
 - anatomical plausibility, for masks drawn by the segmenter itself (its own Dice would be 1 by
   construction): all three structures present, left atrium below the left ventricle, each structure's
   area within the range seen on real training masks (`AnatomyLimits`, `implausibility`);
-- memorisation: the highest normalised cross-correlation to any real training frame (`CopyIndex`), with a
-  threshold calibrated on the most similar pair of distinct real frames of one heart (ED vs ES of the
-  same patient and view, `CopyIndex.calibrate`).
+- memorisation: the speckle similarity to the row's own source frame warped by its perturbation, to its
+  record's other phase and to every real train frame, against a threshold calibrated on a null of
+  legitimate same-anatomy pairs (`quality.copies`);
+- attributes: the filter classifier's probability of the claimed view and phase against the recipe's
+  thresholds (`quality.attributes`).
 
 Reject reasons are checked in this order and the first failing one is recorded (`REJECT_REASONS`).
 """
@@ -26,7 +28,7 @@ import numpy as np
 from synthecho.labels import LA, LV, STRUCTURES
 from synthecho.metrics import dice_per_image
 
-REJECT_REASONS = ("degenerate", "mask_inconsistent", "implausible_anatomy", "near_copy")
+REJECT_REASONS = ("degenerate", "mask_inconsistent", "implausible_anatomy", "near_copy", "attribute_mismatch")
 
 # A frame whose grey levels vary by less than this (standard deviation, 0..255 scale) shows nothing.
 CONSTANT_STD = 1.0
@@ -39,7 +41,6 @@ MIN_LIT_FRACTION = 0.05
 MIN_GREY_LEVELS = 16
 SATURATED_LEVEL = 250
 MAX_SATURATED_FRACTION = 0.5
-CHUNK = 256  # frames standardised / compared per matrix product (bounded memory at 256 px)
 
 
 # --- degenerate output ------------------------------------------------------------------------------
@@ -154,83 +155,3 @@ def implausibility(mask: np.ndarray, limits: AnatomyLimits) -> str | None:
     if la_row <= lv_row:
         return "la not below lv"
     return None
-
-
-# --- memorisation (copy similarity) -----------------------------------------------------------------
-
-
-class CopyIndex:
-    """Normalised cross-correlation (NCC) of frames against every real training frame, as matrix products.
-
-    Why NCC rather than SSIM: a near-copy is a training frame with its grey levels or speckle slightly
-    changed; NCC is invariant to gain and offset, and one matrix product compares a batch with all
-    training frames (SSIM would need a windowed pass per pair: N_generated x N_train image filters).
-
-    Why the mean training frame is subtracted first: every apical frame shares the fan, the black outside
-    and the average heart, which alone correlates any two frames. Correlating what each frame adds to that
-    template measures resemblance to one particular training frame, which is what memorisation is; an
-    exact copy still scores 1.0.
-    """
-
-    def __init__(self, train_images: np.ndarray, train_ids: list[str] | None = None):
-        if train_images.ndim != 3 or len(train_images) == 0:
-            raise ValueError(f"copy index needs a (N, H, W) stack of real frames, got {train_images.shape}")
-        self.shape = tuple(train_images.shape[1:])
-        flat = train_images.reshape(len(train_images), -1)
-        # Chunked: at 256 px a CAMUS train split in float64 would need ~1 GB at once.
-        total = np.zeros(flat.shape[1], np.float64)
-        for start in range(0, len(flat), CHUNK):
-            total += flat[start : start + CHUNK].sum(axis=0, dtype=np.float64)
-        self.template = total / len(flat)
-        self.reference = np.concatenate(  # (N_train, D) float32, unit rows
-            [self.standardise(train_images[start : start + CHUNK]) for start in range(0, len(flat), CHUNK)]
-        )
-        self.ids = list(train_ids) if train_ids is not None else [str(i) for i in range(len(train_images))]
-
-    def standardise(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W) -> (N, H*W) float32 rows with zero mean and unit norm (after removing the template)."""
-        if tuple(images.shape[1:]) != self.shape:
-            raise ValueError(
-                f"copy similarity compares frames at the training resolution {self.shape}, got {images.shape[1:]}"
-            )
-        flat = images.reshape(len(images), -1).astype(np.float64) - self.template
-        flat -= flat.mean(axis=1, keepdims=True)
-        norms = np.linalg.norm(flat, axis=1, keepdims=True)
-        # The floor keeps an all-template frame (zero residual) finite; it then correlates with nothing.
-        return (flat / np.maximum(norms, 1e-9)).astype(np.float32)
-
-    def nearest(self, images: np.ndarray, batch_size: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
-        """Highest NCC to any training frame and that frame's index: ((N,) float32, (N,) int64)."""
-        best = np.zeros(len(images), dtype=np.float32)
-        where = np.zeros(len(images), dtype=np.int64)
-        for start in range(0, len(images), batch_size):
-            rows = self.standardise(np.asarray(images[start : start + batch_size]))
-            similarity = rows @ self.reference.T  # (B, N_train): all pairs in one product
-            where[start : start + len(rows)] = similarity.argmax(axis=1)
-            best[start : start + len(rows)] = similarity.max(axis=1)
-        return best, where
-
-    def calibrate(self, records: list[dict]) -> dict:
-        """Threshold = the highest NCC between the ED and ES frames of one patient and view in the
-        training frames (`records` in the order of the frames given to the constructor).
-
-        ED and ES are two different moments of one heart, seen by the same probe: the closest two
-        genuinely distinct real frames get. The maximum (not a quantile) is used so that no real pair of
-        distinct frames would be flagged; anything above it is closer to a training frame than any real
-        frame is to its own heart's other phase. Returns {"threshold", "pairs", "quantiles": {...}}.
-        """
-        if len(records) != len(self.reference):
-            raise ValueError(f"{len(records)} records for {len(self.reference)} training frames")
-        by_key: dict[tuple, dict[str, int]] = {}
-        for index, record in enumerate(records):
-            by_key.setdefault((record["patient"], record["view"]), {})[record["phase"]] = index
-        pairs = [(p["ED"], p["ES"]) for p in by_key.values() if "ED" in p and "ES" in p]
-        if not pairs:
-            raise ValueError("no patient has both ED and ES frames of one view in the training split")
-        first, second = (np.array(side) for side in zip(*pairs, strict=True))
-        values = np.einsum("nd,nd->n", self.reference[first], self.reference[second]).astype(np.float64)
-        return {
-            "threshold": float(values.max()),
-            "pairs": len(pairs),
-            "quantiles": {q: float(np.quantile(values, float(q))) for q in ("0.5", "0.9", "0.99")},
-        }

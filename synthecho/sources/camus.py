@@ -710,3 +710,30 @@ def file_list_hash(root: Path | str) -> str:
     for path in sorted(p for p in files if p.is_file()):
         digest.update(f"{path.relative_to(dataset).as_posix()}\t{path.stat().st_size}\n".encode())
     return digest.hexdigest()
+
+
+def read_sequence_frame(record: CamusRecord, frame_index: int) -> np.ndarray | None:
+    """Frame `frame_index` (0-based) of the sequence `record` belongs to, as uint8 (rows, cols) like
+    `record.image`; None when the release holds no sequence file for it, or the file no such frame.
+
+    2023: ``patientNNNN_{view}_half_sequence.nii.gz`` (ED -> ES); 2019: ``patientNNNN_{view}_sequence.mhd``,
+    both beside the ED/ES files. Used for the copy check's null (neighbouring frames of one recording).
+    """
+    import SimpleITK as sitk
+
+    folder, stem = Path(record.source_file).parent, f"{record.patient}_{record.view}"
+    path = folder / (f"{stem}_half_sequence.nii.gz" if record.release == "2023" else f"{stem}_sequence.mhd")
+    if not path.is_file():
+        return None
+    try:
+        frames = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))  # (frames, rows=depth, cols=lateral)
+    except RuntimeError as exc:
+        raise SynthechoError(f"{path} cannot be read ({_sitk_message(exc)}); fetch it again.") from None
+    if frames.ndim != 3 or frames.shape[1:] != record.image.shape:
+        raise SynthechoError(
+            f"{path} has shape {frames.shape} (frames, rows, cols); expected frames shaped like "
+            f"{record.image.shape} (the {record.view} {record.phase} file beside it)."
+        )
+    if not 0 <= frame_index < len(frames):
+        return None
+    return _to_uint8(frames[frame_index], path, is_mask=False)

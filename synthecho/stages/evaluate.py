@@ -102,6 +102,14 @@ def prepare_cap_run(recipe, run_dir: Path, cap: float, *, force: bool = False, p
                 shutil.copyfile(parent.real_split(split), tmp)
         # last: marks the sub-run's real/ as complete
         write_marker(cap_marker, "cap", cap_label(cap), selection, input_hash=selection_hash)
+    if parent.copy_null.is_file() and not sub.copy_null.is_file():
+        # The copy check's null (written by prepare), for the records the sub-run keeps.
+        null = pq.read_table(parent.copy_null)
+        kept = pq.read_table(sub.real_split("train"), columns=["id"]).column("id").to_pylist()
+        kept += pq.read_table(sub.real_split("validation"), columns=["id"]).column("id").to_pylist()
+        with atomic_path(sub.copy_null) as tmp:
+            kept_null = null.filter(pc.is_in(null.column("record_id"), value_set=_string_array(kept)))
+            pq.write_table(kept_null, tmp)
 
     if force or not is_current(recipe, sub.root, "prepare"):
         parent_manifest = read_manifest(run_dir)

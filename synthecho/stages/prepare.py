@@ -10,6 +10,10 @@
 5. Write one Parquet file per split (atomic) and the manifest's `dataset`/`source` sections.
 6. Phantom only: the clean rendering masks of the test frames (the `_gt` files carry an observer's
    label noise), resized exactly as the labels are, into `real/test_truth.parquet` for `evaluate`.
+7. The copy check's null (`real/copy_null.parquet`): frames that show a train/validation record's
+   anatomy without being it, resized as the record was. Phantom: the record's geometry imaged again with
+   `prepare.copy_null_renders` fresh speckle seeds; CAMUS: the recording's other labelled phase and the
+   half-sequence frame next to the record's.
 """
 
 from __future__ import annotations
@@ -95,6 +99,57 @@ def write_test_truth(recipe, run_dir: Path, records, resolution: int) -> int:
     return len(rows)
 
 
+def write_copy_null(recipe, run_dir: Path, records, resolution: int, progress: bool) -> dict:
+    """`real/copy_null.parquet` (step 7); returns {"pairs", "kinds": {kind: count}}."""
+    from collections import Counter
+
+    from synthecho.labels import sector_from_image
+    from synthecho.real import resize_frame
+    from synthecho.real import write_copy_null as write
+
+    sources = [r for r in records if r.split in ("train", "validation") and r.mask is not None]
+    pairs, images = [], []
+
+    def add(record, frame, kind: str, detail: str, made_from: str = "") -> None:
+        image, _, _ = resize_frame(frame, record.mask, sector_from_image(record.image), resolution)
+        pairs.append(
+            {
+                "record_id": record.id,
+                "split": record.split,
+                "kind": kind,
+                "detail": detail,
+                "made_from": made_from,
+            }
+        )
+        images.append(image)
+
+    if recipe.source.kind == "phantom":
+        from synthecho.sources.phantom import rerender_record
+
+        spec = recipe.source.phantom
+        for record in tqdm(sources, desc="copy null (re-render)", disable=not progress, unit="frame"):
+            for k in range(recipe.prepare.copy_null_renders):
+                frame = rerender_record(record.id, spec.model_dump(), speckle_seed=k)
+                add(record, frame, "rerender", f"speckle seed {k}")
+    else:
+        from synthecho.sources.camus import read_sequence_frame
+
+        flip = {"ED": "ES", "ES": "ED"}
+        by_key = {(r.split, r.patient, r.view, r.phase): r for r in sources}
+        for record in tqdm(sources, desc="copy null (sequences)", disable=not progress, unit="frame"):
+            other = by_key.get((record.split, record.patient, record.view, flip[record.phase]))
+            if other is not None:
+                add(record, other.image, "other_phase", other.id, made_from=other.id)
+            # The neighbour inside the half sequence (ED is its first frame, ES its last, or the reverse).
+            step = 1 if record.frame_index + 1 < max(record.nb_frames, 1) else -1
+            neighbour = record.frame_index + step
+            frame = read_sequence_frame(record, neighbour) if neighbour >= 0 else None
+            if frame is not None:
+                add(record, frame, "neighbour_frame", f"frame {neighbour}")
+    write(pairs, images, RunLayout.of(run_dir).copy_null)
+    return {"pairs": len(pairs), "kinds": dict(Counter(pair["kind"] for pair in pairs))}
+
+
 def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
     from synthecho.manifest import dataset_section, environment_info, update_manifest
     from synthecho.sources.camus import detect_release, file_list_hash, read_camus
@@ -128,6 +183,8 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
         write_split(split_rows, layout.real_split(split))
     # 6. The phantom's truth of the test frames.
     truth_frames = write_test_truth(recipe, run_dir, records, resolution)
+    # 7. The copy check's null.
+    copy_null = write_copy_null(recipe, run_dir, records, resolution, progress)
 
     note = ""
     if release == "2019":
@@ -148,6 +205,7 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
             "resolution": resolution,
             "real_content_sha256": content,
             "test_truth_frames": truth_frames,
+            "copy_null": copy_null,
             "note": note,
         },
     )
