@@ -50,12 +50,13 @@ def resolve_source(recipe, run_dir: Path) -> tuple[Path, str]:
     source = recipe.source
     if source.kind == "camus":
         return source.resolve_root(), "camus"
-    from synthecho.sources.phantom import write_phantom
+    from synthecho.sources.phantom import SIMULATOR_VERSION, write_phantom
 
     spec = source.phantom
     folder = phantom_folder(recipe, run_dir)
     marker = folder / ".complete.json"
-    settings = spec.model_dump_json()  # the folder name lacks the frame size: the marker holds it all
+    # The folder name lacks the frame size and the simulator's version: the marker holds them all.
+    settings = f"{spec.model_dump_json()} simulator {SIMULATOR_VERSION}"
     if (done := current_info(marker, settings)) is not None:
         return Path(done["root"]), "phantom"
     root = write_phantom(

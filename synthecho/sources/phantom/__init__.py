@@ -45,7 +45,12 @@ from synthecho.sources.phantom.writer import (
     write_phantom,
 )
 
+# Bumped whenever the simulator's output changes for the same arguments: a run's phantom tree is reused
+# only when it was written by the same version (the prepare stage's source marker holds it).
+SIMULATOR_VERSION = 2
+
 __all__ = [
+    "SIMULATOR_VERSION",
     "CAMUS_QUALITY_COUNTS",
     "QUALITIES",
     "TRUTH_DIR",
