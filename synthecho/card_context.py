@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from synthecho.card_downstream import downstream_study, downstream_tables
 from synthecho.card_quality import attribute_audit_values, copy_check_values, phase_geometry_values
-from synthecho.formatting import STRATEGY_TITLES, cell, number, percent, plus_minus, short_hash, significant
+from synthecho.formatting import cell, number, percent, short_hash, significant
 from synthecho.layout import hub
 from synthecho.manifest import PUBLISHED_SPLITS, article_rule, manifest_get, published_rows
 from synthecho.prompts import PROMPTS_PER_ROW
@@ -61,15 +62,6 @@ COLUMN_DOCS_COPY_CHECK = {
     "its `mask_transform`, that record's other phase, or any real train frame",
 }
 
-# Downstream tables: (metric keys shown, column titles) per task; metrics are fractions shown as percentages.
-DOWNSTREAM_COLUMNS = {
-    "segmentation": (
-        ("dice_lv_endo", "dice_lv_epi", "dice_la"),
-        ("LV endo Dice %", "LV epi Dice %", "LA Dice %"),
-    ),
-    "phase": (("accuracy", "f1"), ("ED/ES accuracy %", "ED/ES macro F1 %")),
-    "view": (("accuracy", "f1"), ("2CH/4CH accuracy %", "2CH/4CH macro F1 %")),
-}
 # Architecture keys of a generator config that the card names.
 ARCHITECTURE_KEYS = ("channels", "layers_per_block", "attention", "train_timesteps", "beta_schedule")
 
@@ -306,39 +298,6 @@ def _segmenter(manifest: dict) -> dict | None:
 # --- downstream, environment, the whole context ------------------------------------------------------
 
 
-def _downstream_tables(downstream: dict) -> list[dict]:
-    """One table per (real-data cap, task): strategy rows, mean ± std over seeds of the headline metrics."""
-    tables = []
-    for cap_key in sorted(downstream.get("caps", {})):
-        cap = downstream["caps"][cap_key]
-        for task, (keys, titles) in DOWNSTREAM_COLUMNS.items():
-            strategies = cap.get("tasks", {}).get(task, {}).get("strategies", {})
-            rows = []
-            for name in downstream.get("strategies", list(strategies)):
-                if name not in strategies:
-                    continue
-                entry = strategies[name]
-                metrics = entry.get("metrics", {})  # none when the strategy had nothing to train on
-                cells = [plus_minus(metrics.get(key), missing="–") for key in keys]
-                rows.append(
-                    {
-                        "strategy": STRATEGY_TITLES.get(name, name),
-                        "cells": cells,
-                        "skipped": entry.get("skipped"),
-                    }
-                )
-            if rows:
-                tables.append(
-                    {
-                        "task": task,
-                        "cap": percent(float(cap.get("cap", 1.0))),
-                        "columns": titles,
-                        "rows": rows,
-                    }
-                )
-    return tables
-
-
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Nested values -> [("a / b / c", value)] with keys sorted."""
     if isinstance(value, dict):
@@ -376,6 +335,7 @@ def card_context(manifest: dict) -> dict:
     metrics = manifest.get("metrics") or {}
     rule = article_rule(manifest)
     downstream = manifest.get("downstream")
+    phantom = source_values(manifest)["phantom"]
     return {
         "pretty_name": dataset.get("pretty_name") or name,
         "name": name,
@@ -423,7 +383,8 @@ def card_context(manifest: dict) -> dict:
         "mask_fidelity_recorded": "mask_fidelity" in metrics,  # manifests older than the metric lack it
         "mask_fidelity": mask_fidelity_values(metrics.get("mask_fidelity")),
         "segmenter": _segmenter(manifest),
-        "downstream_tables": _downstream_tables(downstream) if downstream else [],
+        "downstream_tables": downstream_tables(downstream) if downstream else [],
+        "downstream_study": downstream_study(downstream, phantom) if downstream else None,
         # publish writes every planned row's sampler inputs when generate recorded the plan's hash.
         "regeneration_file": manifest_get(manifest, "generation.plan_sha256") and hub.REGENERATION_FILE,
         "shards": [

@@ -291,7 +291,7 @@ def load_copy_null(run_dir: str | Path) -> CopyNull:
     if not path.is_file():
         raise SynthechoError(
             f"{path} is missing: it is written by `synthecho prepare` since the copy check's null was added; "
-            f"re-run `synthecho prepare --recipe ... --force` (or set filter.copy_threshold)."
+            f"re-run `synthecho prepare --recipe ... --force` (the filter measures the copy check on it)."
         )
     columns = pq.read_table(path).to_pydict()
     pairs = [

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from synthecho.errors import SynthechoError
 from synthecho.io import sha256_json
+
+# The section base and the downstream study's section (re-exported here) live in their own module.
+from synthecho.recipe_sections import AugmentationConfig, ConfirmatoryConfig, EvaluateConfig, Section  # noqa: F401
 
 
 def shipped_recipes_dir() -> Path:
@@ -27,12 +30,8 @@ def shipped_recipes_dir() -> Path:
 
     return Path(str(files("synthecho") / "recipes"))
 
+
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
-
-
-class Section(BaseModel):
-    # extra="forbid": a misspelt key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --- source ------------------------------------------------------------------------------------------
@@ -154,11 +153,25 @@ class SdConfig(Section):
     attention_heads: int = 2  # from config: number of heads (diffusers calls it attention_head_dim)
     cross_attention_dim: int = 384  # from config: the text encoder's hidden size (MiniLM 384)
     prompt_dropout: float = Field(0.1, ge=0, le=1)  # prompts -> "" this often: classifier-free guidance
+    # Attributes also given as a class embedding added to the UNet's (controlnet: and the ControlNet's) time
+    # embedding, the null class replacing them wherever the prompt is dropped: a prompt of ~30 tokens says
+    # view and phase in one word each, which a small text-conditioned model learns to follow only partly.
+    class_attributes: list[Literal["view", "phase", "image_quality"]] = []
+    # With class_attributes: the fraction of training samples whose prompt is replaced by "" while the class
+    # is kept (besides prompt_dropout's, which drop both). Prompt and class always agree, so without such
+    # samples the model need not learn the class at all (measured: flipping it changed no frame's view).
+    class_alone_fraction: float = Field(0.3, ge=0, le=1)
     train_timesteps: int = 1000  # SD's schedule length
     beta_schedule: str = "scaled_linear"  # SD's schedule (from config); a base model keeps its own
     # From config: SD 1.5 predicts epsilon (its default here). v_prediction (as SD 2) gets usable frames
     # from a few hundred CPU steps: structure at high noise is learnt first. A base model keeps its own.
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+
+    @model_validator(mode="after")
+    def _dropout_fractions(self) -> SdConfig:
+        if self.class_attributes and self.prompt_dropout + self.class_alone_fraction > 1:
+            raise ValueError("prompt_dropout + class_alone_fraction is more than all the training samples")
+        return self
 
 
 class ControlNetConfig(SdConfig):
@@ -255,123 +268,6 @@ class FilterConfig(Section):
     feature_dims: int = Field(64, le=64)  # domain features pooled to <= 64 dims: stable covariances
     kid_subsets: int = 100
     kid_subset_size: int = 50
-
-
-class SegmentationTaskConfig(Section):
-    """Downstream U-Net (Echo from noise / DiffEcho family, scaled down; separate from the filter's)."""
-
-    channels: list[int] = [16, 32, 64, 128]  # echo_from_noise: (2,4,...,256) x 8 levels at 256 px
-    strides: list[int] = [2, 2, 2]
-    num_res_units: int = 1
-    steps: int | None = None  # None: evaluate.steps
-    finetune_steps: int | None = None  # real fine-tuning after synthetic pretraining; None: evaluate.steps
-    batch_size: int | None = None  # None: evaluate.batch_size
-    learning_rate: float | None = None  # None: evaluate.learning_rate (Adam; echo_from_noise used 1e-3)
-
-
-class ClassificationTaskConfig(Section):
-    """ResNet-18 for ED vs ES (DiffEcho's task) and 2CH vs 4CH."""
-
-    steps: int | None = None
-    finetune_steps: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    # Local torchvision resnet18 state dict (.pth/.safetensors); nothing can be downloaded here, so the
-    # default is random init. The RGB stem is averaged to 1 channel, the 1000-class head replaced.
-    weights: str | None = None
-    # True: ImageNet weights are an input of the study (DiffEcho's protocol), from `weights` or else the
-    # environment variable `weights_env`; `check` and `build` refuse to start without them.
-    pretrained: bool = False
-    weights_env: str = "SYNTHECHO_RESNET18_WEIGHTS"
-
-    def resolved_weights(self) -> str | None:
-        """The weights file the classifiers start from: `weights`, or with `pretrained` `$weights_env`;
-        with `pretrained`, no such file is an error naming both keys and how to make the file."""
-        weights = self.weights or (os.environ.get(self.weights_env) if self.pretrained else None) or None
-        if self.pretrained and (weights is None or not Path(weights).expanduser().is_file()):
-            where = f"{weights!r} does not exist" if weights else "no file is given"
-            raise SynthechoError(
-                f"evaluate.classification.pretrained needs ImageNet ResNet-18 weights, but {where}: set "
-                f"evaluate.classification.weights or ${self.weights_env} to a local torchvision resnet18 "
-                f'state dict (made where there is network: python -c "import torch, torchvision; '
-                f"torch.save(torchvision.models.resnet18(weights='IMAGENET1K_V1').state_dict(), "
-                f"'resnet18-imagenet.pth')\"), or set pretrained to false for random initialisation."
-            )
-        return weights
-
-
-class ClipSegTaskConfig(Section):
-    """CLIPSeg (transformers) with the P0-P7 per-structure prompts; skipped without local weights."""
-
-    weights: str | None = None  # local folder with CLIPSegForImageSegmentation + CLIPSegProcessor files
-    weights_env: str = "SYNTHECHO_CLIPSEG_WEIGHTS"  # used when `weights` is empty
-    levels: list[int] = [0, 1, 2, 3, 4, 5, 6, 7]
-    steps: int | None = None
-    finetune_steps: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None  # None: evaluate.learning_rate (Synthetic Boost: AdamW 2e-3)
-
-    @field_validator("levels")
-    @classmethod
-    def _prompt_levels(cls, value: list[int]) -> list[int]:
-        if not value or any(level not in range(8) for level in value):
-            raise ValueError(f"levels must be prompt levels 0..7 (P0-P7), got {value}")
-        return value
-
-
-class AugmentationConfig(Section):
-    """Training-time augmentation of the downstream models; the defaults are the CPU study's intensity jitter.
-
-    Geometry (rotation, shift, zoom) is off by default: apical views have a fixed layout, and the CPU
-    budgets are too short to profit. Echo from noise trained its U-Net with rotation +-10 degrees,
-    translation, scaling 0.8-1.2 and gamma 0.5-3.
-    """
-
-    rotation_degrees: float = Field(0.0, ge=0, lt=90)  # rotation drawn from +-this
-    translate: float = Field(0.0, ge=0, lt=0.5)  # shift drawn from +-this x the frame side, per axis
-    scale: tuple[float, float] = (1.0, 1.0)  # zoom drawn from [low, high]
-    # Gamma drawn log-uniformly from [low, high]; None = the default jitter (gamma e^+-0.25).
-    gamma: tuple[float, float] | None = None
-
-    @field_validator("scale", "gamma")
-    @classmethod
-    def _ranges(cls, value):
-        if value is not None and not 0 < value[0] <= value[1]:
-            raise ValueError(f"expected (low, high) with 0 < low <= high, got {value}")
-        return value
-
-
-class EvaluateConfig(Section):
-    enabled: bool = False
-    tasks: list[Literal["segmentation", "phase", "view", "clipseg"]] = ["segmentation", "phase", "view"]
-    strategies: list[Literal["real", "synthetic", "pretrain_finetune", "real_plus_synthetic"]] = [
-        "real",
-        "synthetic",
-        "pretrain_finetune",
-        "real_plus_synthetic",
-    ]
-    seeds: list[int] = [0, 1, 2]  # >= 3 seeds before any claim
-    real_caps: list[float] = [1.0]
-    steps: int = 200
-    # None: every model trains for a fixed number of optimizer steps (`steps`, the CPU budget). Set: a model
-    # trained on N rows runs ceil(epochs x N / batch size) steps, pretraining and fine-tuning alike
-    # (the papers' budget: epochs over each training set).
-    epochs: int | None = Field(None, ge=1)
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    validate_every: int = Field(25, ge=1)  # model selection on real validation every N steps (and at the end)
-    augmentation: AugmentationConfig = AugmentationConfig()
-    max_synthetic: int | None = None  # cap synthetic training rows (time budget); None = every passed row
-    segmentation: SegmentationTaskConfig = SegmentationTaskConfig()
-    classification: ClassificationTaskConfig = ClassificationTaskConfig()
-    clipseg: ClipSegTaskConfig = ClipSegTaskConfig()
-
-    @field_validator("real_caps")
-    @classmethod
-    def _caps_are_fractions(cls, value: list[float]) -> list[float]:
-        if not value or any(not 0 < cap <= 1 for cap in value):
-            raise ValueError(f"real_caps must be fractions in (0, 1] of the real train patients, got {value}")
-        return value
 
 
 class PublishConfig(Section):

@@ -6,8 +6,9 @@ Later stages use it for three things:
 - domain features for FID/KID: the deepest encoder activation, pooled to <= 64 numbers per image.
 
 It is deliberately separate from the downstream evaluation models (one network doing everything rewards
-what it likes). Training keeps the weights with the best mean validation Dice (LV, MYO, LA) on the real
-validation split; that Dice is recorded in `metrics.json` and goes into the manifest.
+what it likes). Training (the shared loop, `synthecho.fitting`) keeps the weights with the best mean
+validation Dice (LV, MYO, LA) on the real validation split; that Dice is recorded in `metrics.json` and
+goes into the manifest.
 
 Folder layout (`<run>/segmenter/`): `model.safetensors` (best weights), `config.json` (architecture +
 resolution, enough to rebuild the network), `metrics.json`, `training_curve.png`.
@@ -15,12 +16,10 @@ resolution, enough to rebuild the network), `metrics.json`, `training_curve.png`
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from synthecho import profiling
 from synthecho.errors import SynthechoError
 from synthecho.io import atomic_path, read_json, write_bytes_atomic, write_json_atomic
 from synthecho.labels import NUM_MASK_CLASSES
@@ -251,6 +250,26 @@ def _validation_dice(segmenter: Segmenter, split: RealSplit) -> dict[str, float]
     return scores
 
 
+class _Training:
+    """The segmenter as a `synthecho.fitting.Task`: augmented Dice + CE batches, validation Dice."""
+
+    def __init__(self, segmenter: Segmenter, validation: RealSplit):
+        from monai.losses import DiceCELoss
+
+        self.segmenter, self.validation = segmenter, validation
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def batch_loss(self, model, data: tuple[np.ndarray, np.ndarray], indices, rng):
+        import torch
+
+        images, masks = _augment(data[0][indices], data[1][indices], rng)
+        logits = model(torch.from_numpy(images)[:, None].to(self.segmenter.device))
+        return self.loss(logits, torch.from_numpy(masks.astype(np.int64))[:, None].to(self.segmenter.device))
+
+    def validate(self, model) -> dict[str, float]:
+        return _validation_dice(self.segmenter, self.validation)
+
+
 def _check_split(split: RealSplit, name: str) -> None:
     if len(split) == 0 or split.images.ndim != 3:
         raise SynthechoError(
@@ -310,9 +329,9 @@ def train_segmenter(
     Seeded: the same inputs, seed and device give the same weights on CPU.
     """
     import torch
-    from monai.losses import DiceCELoss
     from safetensors.torch import save
-    from tqdm.auto import tqdm
+
+    from synthecho.fitting import Budget, fit
 
     # 1. Check inputs and fix the architecture (resolution comes from the prepared frames).
     _check_split(real_train, "train")
@@ -340,58 +359,22 @@ def train_segmenter(
     }
     device = _pick_device(device)
 
-    # 2. Seeded model, optimiser and data order. fork_rng: the caller's global torch RNG is left untouched.
+    # 2. Seeded model (fork_rng: the caller's global torch RNG is left untouched); data order and
+    #    augmentation draw from the loop's generator, seeded with the same seed.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_unet(architecture).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
-    rng = np.random.default_rng(seed)
-    train_images = real_train.images.astype(np.float32) / 255.0
-    order, cursor = rng.permutation(len(real_train)), 0
     segmenter = Segmenter(model, {"architecture": architecture, "resolution": height}, device=device)
 
     # 3. Train; validate every `validate_every` steps and at the end, keeping the best weights.
-    losses: list[float] = []
-    history: list[dict] = []
-    best = {"mean": -1.0}
-    best_state, best_step = None, 0
-    started = time.perf_counter()
-    bar = tqdm(range(1, config.steps + 1), desc="segmenter", disable=not progress, leave=False)
-    for step in bar:
-        with profiling.section("segmenter/data"):
-            batch_index = []
-            while len(batch_index) < config.batch_size:  # epoch-wise shuffling: every frame once per epoch
-                if cursor == len(order):
-                    order, cursor = rng.permutation(len(real_train)), 0
-                take = order[cursor : cursor + config.batch_size - len(batch_index)]
-                batch_index.extend(take.tolist())
-                cursor += len(take)
-            images, masks = _augment(train_images[batch_index], real_train.masks[batch_index], rng)
-        model.train()
-        with profiling.section("segmenter/forward"):
-            logits = model(torch.from_numpy(images)[:, None].to(device))
-            loss = loss_function(logits, torch.from_numpy(masks.astype(np.int64))[:, None].to(device))
-        with profiling.section("segmenter/backward"):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        losses.append(float(loss.detach()))
-
-        if step % config.validate_every == 0 or step == config.steps:
-            with profiling.section("segmenter/validation"):
-                model.eval()
-                scores = _validation_dice(segmenter, real_validation)
-                history.append({"step": step, **scores})
-                if scores["mean"] > best["mean"]:
-                    best, best_step = scores, step
-                    best_state = {
-                        name: value.detach().cpu().clone() for name, value in model.state_dict().items()
-                    }
-            bar.set_postfix(
-                loss=f"{losses[-1]:.3f}", val_dice=f"{scores['mean']:.3f}", best=f"{best['mean']:.3f}"
-            )
-    seconds = time.perf_counter() - started
+    budget = Budget(
+        config.steps, config.batch_size, config.learning_rate, validate_every=config.validate_every
+    )
+    data = (real_train.images.astype(np.float32) / 255.0, real_train.masks)
+    result = fit(model, _Training(segmenter, real_validation), data, budget, seed=seed, size=len(real_train),
+                 select="mean", progress=progress, desc="segmenter", profile="segmenter")  # fmt: skip
+    best, best_step, losses = result.validation, result.best_step, result.losses
+    best_state = {name: value.detach().cpu() for name, value in model.state_dict().items()}  # loaded back
 
     # 4. Save: weights and config first, metrics last (a folder with metrics.json is complete).
     #    One metadata key only: safetensors writes its metadata map in hash order, so two keys would make
@@ -411,17 +394,17 @@ def train_segmenter(
         "training": {**config.model_dump(mode="json"), "seed": seed, "device": device},
     }  # fmt: skip
     write_json_atomic(out_dir / CONFIG_FILE, saved_config)
-    _write_curve(out_dir / CURVE_FILE, losses, history, best_step)
+    _write_curve(out_dir / CURVE_FILE, losses, result.history, best_step)
     metrics = {
         "validation_dice": {name: best[name] for name in (*STRUCTURE_NAMES, "mean")},
         "best_step": best_step,
         "steps": config.steps,
-        "seconds": round(seconds, 3),
-        "seconds_per_step": round(seconds / config.steps, 5),
+        "seconds": result.seconds,
+        "seconds_per_step": round(result.seconds / config.steps, 5),
         "final_loss": losses[-1],
         "n_train": len(real_train),
         "n_validation": len(real_validation),
-        "history": history,
+        "history": result.history,
     }
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics

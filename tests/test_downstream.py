@@ -1,20 +1,25 @@
-"""Downstream baselines at tiny size: every task x strategy, the unit cache, the evaluate stage.
+"""Downstream baselines at tiny size: every task x strategy (controls included), the unit cache, the
+warped control, the evaluate stage.
 
 Frames are 16 px drawings where the labels are visible in the pixels (dark LV disc in a bright MYO ring,
 dark LA below); the phase changes the LV size and the view adds a bright right-heart blob, so each task
-has something to learn. Models are a few channels wide and train for a handful of steps.
+has something to learn. The "synthetic" corpus is made as a mask-conditioned generator's is: each row a
+train frame's mask under a sampled perturbation (its `mask_transform`), drawn again with fresh noise.
+Models are a few channels wide and train for a handful of steps.
 """
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from synthecho.downstream import STRATEGIES, corpus_split, load_corpus
+from synthecho.downstream import CONTROLS, PRETRAINED_ON, STRATEGIES, corpus_split, load_corpus, warped_split
 from synthecho.downstream.classification import ClassificationTask, labels_of
 from synthecho.downstream.clipseg import ClipSegTask, prompt_for, resolve_weights, save_tiny_clipseg
+from synthecho.downstream.effects import aggregate, comparisons
 from synthecho.downstream.segmentation import SegmentationTask
-from synthecho.downstream.study import aggregate, capped_patients, run_task
+from synthecho.downstream.study import capped_patients, run_task, train, warped_fingerprint
 from synthecho.errors import SynthechoError
 from synthecho.layout import RunLayout
 from synthecho.metrics import dice_per_image
@@ -30,6 +35,15 @@ TINY_EVALUATE = {
     "seeds": [0],
     "segmentation": {"channels": [4, 8, 8], "strides": [2, 2], "num_res_units": 0},
 }
+
+
+def draw(mask: np.ndarray, view: str, rng: np.random.Generator) -> np.ndarray:
+    """A frame that shows its mask (and, in 4CH, a bright right-heart blob), with fresh noise."""
+    rows, cols = np.mgrid[0:SIZE, 0:SIZE]
+    intensity = np.choose(mask, [110.0, 30.0, 210.0, 40.0])
+    if view == "4CH":
+        intensity = np.where((cols > 12) & (rows < 8), 250.0, intensity)
+    return np.clip(intensity + rng.normal(0, 15, size=mask.shape), 1, 255).astype(np.uint8)
 
 
 def make_split(name: str, count: int, seed: int, patients: int = 4) -> RealSplit:
@@ -48,10 +62,7 @@ def make_split(name: str, count: int, seed: int, patients: int = 4) -> RealSplit
         mask[((rows - (cy + radius + 4)) / 2.0) ** 2 + ((cols - cx) / 3.0) ** 2 <= 1.0] = 3
         mask[distance <= radius + 1.5] = 2
         mask[distance <= radius] = 1
-        intensity = np.choose(mask, [110.0, 30.0, 210.0, 40.0])
-        if view == "4CH":
-            intensity = np.where((cols > 12) & (rows < 8), 250.0, intensity)
-        images[i] = np.clip(intensity + rng.normal(0, 15, size=mask.shape), 1, 255).astype(np.uint8)
+        images[i] = draw(mask, view, rng)
         masks[i] = mask
         records.append(
             {
@@ -76,14 +87,50 @@ def make_split(name: str, count: int, seed: int, patients: int = 4) -> RealSplit
     return RealSplit(name, records, images, masks, images > 0)
 
 
+def make_corpus(train: RealSplit, count: int, seed: int) -> RealSplit:
+    """Rows as a mask-conditioned generator makes them: train frame k % N's mask under a sampled
+    perturbation, drawn afresh; records carry source_id, mask_transform and mask_source."""
+    from synthecho.perturb import PerturbConfig, apply_transform, sample_transform
+
+    rng = np.random.default_rng(seed)
+    images, masks, records = [], [], []
+    for k in range(count):
+        source = k % len(train)
+        transform = sample_transform(seed * 1000 + k, PerturbConfig(degrees=10, translate=0.1))
+        mask = apply_transform(train.masks[source], train.sectors[source], transform)
+        record = train.records[source]
+        images.append(draw(mask, record["view"], rng))
+        masks.append(mask)
+        records.append({**record, "id": f"synthetic/{k}", "source_id": record["id"],
+                        "mask_transform": transform, "mask_source": "conditioning"})  # fmt: skip
+    images = np.stack(images)
+    return RealSplit("synthetic", records, images, np.stack(masks), images > 0)
+
+
 @pytest.fixture(scope="module")
 def splits():
+    train = make_split("train", 12, 0)
+    synthetic = make_corpus(train, 16, 1)
     return {
-        "train": make_split("train", 12, 0),
-        "synthetic": make_split("synthetic", 16, 1),
+        "train": train,
+        "synthetic": synthetic,
+        "warped": warped_split(synthetic, train)[0],
         "validation": make_split("validation", 6, 2),
         "test": make_split("test", 8, 3),
     }
+
+
+def corpora(splits, synthetic=None) -> dict:
+    synthetic = splits["synthetic"] if synthetic is None else synthetic
+    return {
+        "real": splits["train"],
+        "synthetic": synthetic,
+        "warped": warped_split(synthetic, splits["train"])[0],
+    }
+
+
+def fingerprints(splits, name=1) -> dict:
+    return {"synthetic": {"f": name}, "warped": warped_fingerprint(splits["synthetic"], {})}
 
 
 def config(**overrides) -> EvaluateConfig:
@@ -96,25 +143,31 @@ def check_units(units, strategies, test_size):
         assert "skipped" not in unit
         for values in unit["per_image"].values():
             assert len(values) == test_size
+        training = unit["training"]
+        assert training["best_step"] <= training["steps"] <= training["max_steps"]
+        assert training["converged"] == (training["best_step"] < training["steps"])
     by_strategy = {unit["strategy"]: unit for unit in units}
-    # Fine-tuning starts from the synthetic model: its first validation is the synthetic model's best.
-    first = by_strategy["pretrain_finetune"]["training"]["history"][0]
-    assert first["step"] == 0
-    assert first["score"] == pytest.approx(by_strategy["synthetic"]["training"]["validation_score"])
+    # Fine-tuning starts from its base model: its first validation is the base model's best.
+    for tuned, base in PRETRAINED_ON.items():
+        first = by_strategy[tuned]["training"]["history"][0]
+        assert first["step"] == 0
+        assert first["score"] == pytest.approx(by_strategy[base]["training"]["validation_score"])
     assert by_strategy["real"]["n_synthetic"] == 0 and by_strategy["synthetic"]["n_real"] == 0
-    assert by_strategy["real_plus_synthetic"]["n_real"] == 12
-    assert by_strategy["real_plus_synthetic"]["n_synthetic"] == 16
+    for mixed in ("real_plus_synthetic", "real_plus_warped"):
+        assert (by_strategy[mixed]["n_real"], by_strategy[mixed]["n_synthetic"]) == (12, 16)
     return by_strategy
 
 
 def test_segmentation_every_strategy_and_the_unit_cache(splits, tmp_path):
     task = SegmentationTask(config(), splits["validation"], splits["test"], device="cpu")
-    units = run_task(task, list(STRATEGIES), [0], splits["train"], splits["synthetic"], {"f": 1}, tmp_path)
+    units = run_task(task, list(STRATEGIES), [0], corpora(splits), fingerprints(splits), tmp_path)
     by_strategy = check_units(units, STRATEGIES, 8)
-    # Equal budgets: whatever trains on real data runs as many steps as pretrain (steps) + fine-tune.
-    budget = {name: by_strategy[name]["training"]["steps"] for name in STRATEGIES}
-    assert budget["real"] == budget["real_plus_synthetic"] == task.steps + task.finetune_steps
-    assert budget["synthetic"] == task.steps and budget["pretrain_finetune"] == task.finetune_steps
+    # Equal budgets: whatever trains on real data from scratch may run as many steps as pretrain + fine-tune.
+    budget = {name: by_strategy[name]["training"]["max_steps"] for name in STRATEGIES}
+    total = task.steps + task.finetune_steps
+    assert budget["real"] == budget["real_plus_synthetic"] == budget["real_plus_warped"] == total
+    assert budget["synthetic"] == budget["warped"] == task.steps
+    assert budget["pretrain_finetune"] == budget["warped_pretrain_finetune"] == task.finetune_steps
     for unit in units:
         summary = unit["summary"]
         for name in ("lv_endo", "lv_epi", "la"):
@@ -122,19 +175,44 @@ def test_segmentation_every_strategy_and_the_unit_cache(splits, tmp_path):
             assert 0.0 <= summary[f"hd95_{name}"] <= math.hypot(SIZE * 0.9, SIZE * 0.6) + 1e-9
     # Cached units are read back unchanged, without training.
     stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
-    again = run_task(task, list(STRATEGIES), [0], splits["train"], splits["synthetic"], {"f": 1}, tmp_path)
+    again = run_task(task, list(STRATEGIES), [0], corpora(splits), fingerprints(splits), tmp_path)
     assert again == units
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")} == stamps
-    # A different synthetic corpus invalidates the synthetic strategies only.
-    changed = run_task(
-        task, ["real", "synthetic"], [0], splits["train"], splits["synthetic"], {"f": 2}, tmp_path
-    )
-    assert changed[0] == by_strategy["real"]
-    assert changed[1]["input_hash"] != by_strategy["synthetic"]["input_hash"]
-    # No passed synthetic rows: the synthetic strategies are skipped with a reason, real still runs.
+    # A different generator (other shards, same rows kept) invalidates the synthetic strategies only:
+    # real-only and the warped control depend on which rows were kept and how they were warped.
+    changed = run_task(task, list(STRATEGIES), [0], corpora(splits), fingerprints(splits, 2), tmp_path)
+    for old, new in zip(units, changed, strict=True):
+        synthetic = "synthetic" in old["strategy"] or old["strategy"] == "pretrain_finetune"
+        assert (old["input_hash"] != new["input_hash"]) == synthetic, old["strategy"]
+    # No passed synthetic rows: the synthetic strategies and controls are skipped with a reason.
     empty = splits["synthetic"].subset([])
-    skipped = run_task(task, ["real", "synthetic"], [1], splits["train"], empty, {"f": 3}, tmp_path / "empty")
-    assert "skipped" not in skipped[0] and "no synthetic train rows" in skipped[1]["skipped"]
+    skipped = run_task(task, ["real", "synthetic", "warped"], [1], corpora(splits, empty), fingerprints(splits, 3),
+                       tmp_path / "empty")  # fmt: skip
+    assert "skipped" not in skipped[0]
+    assert all("no synthetic train rows" in unit["skipped"] for unit in skipped[1:])
+
+
+def test_the_warped_control_is_row_paired(splits):
+    """Each control row is its synthetic row's source frame moved by the row's mask_transform: the same
+    mask as the row's, the source's pixels (not the generated ones), the row's record."""
+    from synthecho.perturb import warp_frame
+
+    synthetic, train = splits["synthetic"], splits["train"]
+    warped, pairing = warped_split(synthetic, train)
+    assert pairing == {"rows": 16, "conditioning_rows": 16, "masks_reproduced": 16}
+    np.testing.assert_array_equal(warped.masks, synthetic.masks)
+    assert not np.array_equal(warped.images, synthetic.images)
+    expected = warp_frame(
+        train.images[3], train.masks[3], train.sectors[3], synthetic.records[3]["mask_transform"]
+    )
+    np.testing.assert_array_equal(warped.images[3], expected[0])
+    assert [r["view"] for r in warped.records] == [r["view"] for r in synthetic.records]
+    assert warped.records[0]["id"] == "warped:synthetic/0"
+    # A row whose source is not in the real split cannot be paired: an error naming the fix.
+    with pytest.raises(SynthechoError, match="source_id outside"):
+        warped_split(synthetic, splits["validation"])
+    assert comparisons(STRATEGIES)[:3] == [("synthetic", "real"), ("warped", "real"), ("synthetic", "warped")]
+    assert set(CONTROLS) | set(CONTROLS.values()) | {"real"} == set(STRATEGIES)
 
 
 def test_segmentation_learns_the_visible_anatomy(splits):
@@ -146,7 +224,7 @@ def test_segmentation_learns_the_visible_anatomy(splits):
     )
     untrained = task.evaluate(task.new_model(0))["summary"]["dice_mean"]
     model = task.new_model(0)
-    training = task.fit(model, splits["train"], steps=40, seed=0, progress=False)
+    training = train(task, model, splits["train"], 40, seed=0, progress=False, desc="")
     trained = task.evaluate(model)["summary"]["dice_mean"]
     assert training["best_step"] > 0
     assert trained > max(0.4, untrained + 0.15), (untrained, trained)
@@ -155,13 +233,17 @@ def test_segmentation_learns_the_visible_anatomy(splits):
 def test_classification_every_strategy(splits, tmp_path):
     # ResNet-18 has 11M parameters whatever the frame size: one task here, `view` in the stage test.
     task = ClassificationTask("phase", config(), splits["validation"], splits["test"], device="cpu")
-    units = run_task(task, list(STRATEGIES), [0], splits["train"], splits["synthetic"], None, tmp_path)
-    check_units(units, STRATEGIES, 8)
+    strategies = ["real", "synthetic", "pretrain_finetune"]
+    units = run_task(task, strategies, [0], corpora(splits), fingerprints(splits), tmp_path)
+    assert [unit["strategy"] for unit in units] == strategies
     for unit in units:
         summary = unit["summary"]
         assert sum(map(sum, summary["confusion"])) == 8
         assert summary["accuracy"] == pytest.approx(np.mean(unit["per_image"]["correct"]))
         assert 0.0 <= summary["f1"] <= 1.0
+        # p(true class) agrees with correctness: above 1/2 exactly where the image is classified right
+        p_true = np.asarray(unit["per_image"]["p_true"])
+        assert np.array_equal(p_true > 0.5, np.asarray(unit["per_image"]["correct"]) == 1.0)
     assert labels_of(splits["test"], "phase").tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
     assert labels_of(splits["test"], "view").tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
 
@@ -177,13 +259,17 @@ def test_clipseg_prompt_levels_run_end_to_end(splits, tmp_path):
     assert prompt_for(record, "la", 0, "B") == ""
     for level in settings.clipseg.levels:
         task = ClipSegTask(level, settings, splits["validation"], splits["test"], weights, device="cpu")
-        units = run_task(
-            task, list(STRATEGIES), [0], splits["train"], splits["synthetic"], None, tmp_path / task.name
-        )
-        check_units(units, STRATEGIES, 8)
-        summary = aggregate(task, units, list(STRATEGIES))
-        assert set(summary["wilcoxon"]) == {"dice_lv_endo", "dice_lv_epi", "dice_la"}
-        assert len(summary["wilcoxon"]["dice_la"]) == 6  # every pair of the 4 strategies
+        strategies = ["real", "synthetic", "warped", "pretrain_finetune", "warped_pretrain_finetune"]
+        units = run_task(task, strategies, [0], corpora(splits), fingerprints(splits), tmp_path / task.name)
+        summary = aggregate(task, units, strategies)
+        assert {e["metric"] for e in summary["effects"]} == {
+            "dice_foreground",
+            "dice_lv_endo",
+            "dice_lv_epi",
+            "dice_la",
+        }
+        pairs = {(e["a"], e["b"]) for e in summary["effects"]}
+        assert ("pretrain_finetune", "warped_pretrain_finetune") in pairs and len(pairs) == 6
 
 
 def test_clipseg_weights_missing_or_wrong(tmp_path, monkeypatch):
@@ -267,9 +353,9 @@ def write_corpus(run_dir, split_name: str, split: RealSplit) -> None:
                 "view": VIEWS.index(record["view"]), "phase": PHASES.index(record["phase"]),
                 "sex": SEXES.index(record["sex"]), "image_quality": QUALITIES.index(record["image_quality"]),
                 "age": record["age"], "generator": "test", "generator_sha256": "0", "sampler": "ddim", "steps": 1,
-                "guidance_scale": 1.0, "seed": 0, "batch_size": 1, "source_id": record["id"],
+                "guidance_scale": 1.0, "seed": 0, "batch_size": 1, "source_id": record["source_id"],
                 "source_patient": record["patient"], "source_split": "train", "variant": 0,
-                "mask_transform": {name: None for name in MASK_TRANSFORM_FIELDS},
+                "mask_transform": {name: record["mask_transform"][name] for name in MASK_TRANSFORM_FIELDS},
                 "spacing_mm": {"row": 0.9, "col": 0.6}, "mask_source": "conditioning",
                 "dice_lv": 1.0, "dice_myo": 1.0, "dice_la": 1.0, "copy_similarity": 0.1,
             }
@@ -298,20 +384,20 @@ def test_load_corpus_round_trips_the_published_schema(splits, tmp_path):
 
 def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatch):
     from synthecho.downstream.report import STRATEGY_TITLES
+    from synthecho.downstream.stats import exact_minimum_p
     from synthecho.manifest import read_manifest
     from synthecho.stages import run_stage
 
     monkeypatch.delenv("SYNTHECHO_CLIPSEG_WEIGHTS", raising=False)
 
     run_dir = tmp_path / "run"
-    for name in ("train", "validation", "test"):
-        write_real(run_dir, splits[name])
+    test = make_split("test", 12, 3, patients=6)  # 6 patients: the fewest that get a p-value
+    for split in (splits["train"], splits["validation"], test):
+        write_real(run_dir, split)
     write_corpus(run_dir, "train", splits["synthetic"])
     # A phantom's run also holds the clean truth of its test frames (here: the labels, LV one pixel larger).
-    truth = phantom_like_truth(splits["test"].masks)
-    write_truth(
-        [{"id": i, "mask": m} for i, m in zip(splits["test"].ids, truth, strict=True)], truth_file(run_dir)
-    )
+    truth = phantom_like_truth(test.masks)
+    write_truth([{"id": i, "mask": m} for i, m in zip(test.ids, truth, strict=True)], truth_file(run_dir))
     recipe = recipe_from_dict(
         {
             "name": "tiny",
@@ -320,6 +406,7 @@ def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatc
                 "enabled": True,
                 "seeds": [0, 1],
                 "tasks": ["segmentation", "view", "clipseg"],
+                "confirmatory": {"cap": 1.0},
             },
         }
     )
@@ -330,23 +417,49 @@ def test_evaluate_stage_writes_table_chart_manifest(splits, tmp_path, monkeypatc
     report = (run_dir / "reports" / "downstream.md").read_text()
     for title in STRATEGY_TITLES.values():
         assert f"| {title} |" in report  # every strategy has a row
-    assert "synthetic only vs real only" not in report and "real only vs synthetic only" in report
+    assert "| synthetic only − warped real only | 6 |" in report  # each strategy beside its control
+    assert "## Confirmatory family (100 % real data" in report and "Holm" in report
     assert "Skipped: no local CLIPSeg weights" in report
+    assert "Model selection uses only 4 validation patients" in report
     png = (run_dir / "reports" / "downstream.png").read_bytes()
     assert png.startswith(b"\x89PNG")
 
     downstream = read_manifest(run_dir)["downstream"]
-    segmentation = downstream["caps"]["cap-1"]["tasks"]["segmentation"]
-    real = segmentation["strategies"]["real"]["metrics"]["dice_lv_endo"]
-    assert len(real["per_seed"]) == 2 and real["mean"] == pytest.approx(np.mean(real["per_seed"]))
-    assert len(segmentation["wilcoxon"]["dice_la"]) == 6
-    assert "per_image" not in segmentation  # per-image arrays stay in downstream/results.json
+    assert downstream["statistics"]["unit"].startswith("patient")
+    cap = downstream["caps"]["cap-1"]
+    assert cap["warped_pairing"]["masks_reproduced"] == cap["warped_pairing"]["conditioning_rows"] == 16
+    segmentation = cap["tasks"]["segmentation"]
+    real = segmentation["strategies"]["real"]
+    dice = real["metrics"]["dice_lv_endo"]
+    assert len(dice["per_seed"]) == 2 and dice["mean"] == pytest.approx(np.mean(dice["per_seed"]))
+    assert len(real["converged"]) == 2 and len(real["best_step"]) == 2
+    assert "per_image" not in segmentation and "per_patient" not in segmentation  # in results.json
+    # Descriptive effects: every comparison, n = 6 patients, an interval, no p-value.
+    effects = {(e["a"], e["b"], e["metric"]): e for e in segmentation["effects"]}
+    assert len({(a, b) for a, b, _ in effects}) == 9
+    foreground = effects[("pretrain_finetune", "warped_pretrain_finetune", "dice_foreground")]
+    assert foreground["n"] == 6 and foreground["p"] is None and foreground["seeds"] == 2
+    assert foreground["ci_low"] <= foreground["mean_difference"] <= foreground["ci_high"]
+    assert ("real_plus_synthetic", "real_plus_warped", "truth_dice_foreground") in effects
+    # The confirmatory family: 2 comparisons x (segmentation, view), raw and Holm p, none below 2/2^6.
+    family = downstream["confirmatory"]
+    assert [(t["task"], t["b"]) for t in family["tests"]] == [
+        ("segmentation", "real"), ("segmentation", "warped_pretrain_finetune"),
+        ("view", "real"), ("view", "warped_pretrain_finetune"),
+    ]  # fmt: skip
+    assert family["missing"] == []
+    for entry in family["tests"]:
+        assert entry["n"] == 6 and entry["p"] >= exact_minimum_p(6) and entry["p_holm"] >= entry["p"]
+        assert entry["metric"] == ("dice_foreground" if entry["task"] == "segmentation" else "p_true")
     # Dice against the truth beside Dice against the labels, and the labels' own Dice to the truth.
-    assert "truth_dice_lv_endo" in segmentation["strategies"]["real"]["metrics"]
+    assert "truth_dice_lv_endo" in real["metrics"]
     assert "LV endo Dice vs truth %" in report and "against the phantom's rendering truth" in report
+    assert "Against the phantom's truth:" in report
     noise = downstream["test"]["labels_vs_truth_dice"]
     assert 0.0 < noise["lv_endo"] < 1.0 and noise["la"] == 1.0
-    assert (run_dir / "downstream" / "results.json").is_file()
+    results = json.loads((run_dir / "downstream" / "results.json").read_text())
+    values = results["caps"]["cap-1"]["tasks"]["segmentation"]["per_patient"]["values"]
+    assert len(values["dice_foreground"]["real"]["0"]) == 6  # one value per patient and seed
     assert run_stage("evaluate", recipe, run_dir, progress=False)["skipped"] is True
 
 

@@ -75,7 +75,7 @@ def phantom(tmp_path_factory, one_torch_thread):
 def references(phantom):
     """The copy check calibrated on the prepared null, and the filter's attribute classifier."""
     from synthecho.plan import perturb_config
-    from synthecho.quality.attributes import fit_classifier, pooled
+    from synthecho.quality.attributes import fit_classifier, phase_free, pooled
     from synthecho.quality.copies import CopyCheck, calibrate, null_sources
     from synthecho.real import load_copy_null
 
@@ -88,7 +88,7 @@ def references(phantom):
     classifier = fit_classifier(
         pooled(real["train"], real["validation"]),
         steps=150,
-        augment=perturb_config(phantom["recipe"]),
+        augment=phase_free(perturb_config(phantom["recipe"])),
         progress=False,
     )
     return {"check": check, "null_scores": scores, "calibration": calibration, "classifier": classifier}
@@ -293,6 +293,35 @@ def test_copy_check_catches_planted_copies_and_passes_the_null(phantom, referenc
     assert np.all(found["similarity"] < threshold), found
 
 
+def test_camus_null_pairs_come_from_one_recording(tmp_path):
+    """On CAMUS (here the phantom's tree read as CAMUS) the null is the recording's other labelled phase
+    (the frame that pair is made from is named, so it is not compared with itself) and the frame next to
+    the record's in the half sequence."""
+    from synthecho.real import load_copy_null, load_real
+    from synthecho.recipe import recipe_from_dict
+    from synthecho.sources.phantom import write_phantom
+    from synthecho.stages import run_stage
+
+    root = write_phantom(tmp_path / "tree", patients=5, seed=3, size=(48, 40), preview=False)
+    recipe = recipe_from_dict(
+        {"name": "camus-null", "source": {"kind": "camus", "root": str(root)}, "prepare": {"resolution": 32}}
+    )
+    run_dir = tmp_path / "run"
+    run_stage("prepare", recipe, run_dir, progress=False)
+    null = load_copy_null(run_dir)
+    real = {split: load_real(run_dir, split) for split in ("train", "validation")}
+    records = {r["id"]: (split, i) for split in real for i, r in enumerate(real[split].records)}
+    kinds = [pair["kind"] for pair in null.pairs]
+    assert kinds.count("other_phase") == kinds.count("neighbour_frame") == len(records)
+    for pair, image in zip(null.pairs, null.images, strict=True):
+        split, i = records[pair["record_id"]]
+        if pair["kind"] == "other_phase":  # the other phase's prepared frame itself
+            other_split, j = records[pair["made_from"]]
+            assert other_split == split and np.array_equal(image, real[split].images[j])
+        else:
+            assert pair["made_from"] == "" and not np.array_equal(image, real[split].images[i])
+
+
 def test_attribute_mismatch_rejects_a_row_whose_view_contradicts_its_image(phantom, references):
     # Rows are real frames claimed as themselves (identity transforms): the copy check is set aside.
     context = _context(phantom, references, {"view": 0.5, "phase": None}, copy_threshold=2.0)
@@ -379,10 +408,10 @@ def test_attribute_classifiers_learn_view_are_seeded_and_cross_validated(phantom
     import torch
 
     from synthecho.plan import perturb_config
-    from synthecho.quality.attributes import ARCHITECTURES, cross_validate, fit_classifier, pooled
+    from synthecho.quality.attributes import ARCHITECTURES, cross_validate, fit_classifier, phase_free, pooled
 
     frames = pooled(phantom["real"]["train"], phantom["real"]["validation"])
-    augment = perturb_config(phantom["recipe"])
+    augment = phase_free(perturb_config(phantom["recipe"]))
     torch.manual_seed(1)  # the caller's RNG state must not matter
     first = fit_classifier(frames, steps=60, augment=augment, progress=False)
     torch.manual_seed(2)

@@ -39,7 +39,7 @@ def test_every_9k_recipe_evaluates_at_camus_scale_not_with_the_cpu_defaults(name
     assert 2 <= resolution // 2 ** len(segmentation.strides) <= 4
     # budget: epochs over each training set, not the CPU's fixed 200 steps
     assert CPU.epochs is None and config.epochs is not None and config.epochs >= 20
-    # augmentation: Echo from noise's geometry and gamma, not the CPU's intensity jitter alone
+    # augmentation: Echo from noise's geometry and gamma ranges, wider than the CPU study's policy
     augmentation = config.augmentation
     assert augmentation != AugmentationConfig() == CPU.augmentation
     assert augmentation.rotation_degrees == 10 and tuple(augmentation.scale) == (0.8, 1.2)
@@ -201,33 +201,42 @@ def test_the_elastic_grid_option_changes_the_plan_only_when_set():
         PerturbConfig(elastic_control_points_col=3)
 
 
-def test_the_default_augmentation_is_the_cpu_jitter_and_geometry_moves_frame_and_mask_together():
+def test_the_default_augmentation_moves_frame_and_mask_together_and_is_seeded():
     import numpy as np
 
-    from synthecho.downstream import augment, epoch_steps, jitter_intensity
+    from synthecho.downstream import epoch_steps
+    from synthecho.downstream.augment import Augmentation
 
-    rng_images = np.random.default_rng(0)
-    images = rng_images.uniform(size=(3, 32, 32)).astype(np.float32)
     masks = np.zeros((3, 32, 32), np.uint8)
     masks[:, 8:24, 12:20] = 1
-    jittered = jitter_intensity(images, np.random.default_rng(5))
-    same, kept = augment(images, masks, np.random.default_rng(5), AugmentationConfig())
-    assert np.array_equal(same, jittered) and kept is masks  # the CPU study's draws, exactly
-
-    geometry = AugmentationConfig(rotation_degrees=10, translate=0.1, scale=(0.8, 1.2), gamma=(0.5, 3.0))
     bright = np.where(masks == 1, 0.8, 0.0).astype(np.float32)  # a frame that shows its mask
-    moved, moved_masks = augment(bright, masks, np.random.default_rng(5), geometry)
-    assert not np.array_equal(moved_masks, masks)
-    inside = moved[moved_masks == 1]
-    assert inside.mean() > 0.3 and moved[moved_masks == 0].mean() < 0.1  # the frame followed its mask
+    for config in (AugmentationConfig(), AugmentationConfig(rotation_degrees=10, translate=0.1, scale=(0.8, 1.2), gamma=(0.5, 3.0))):  # fmt: skip
+        augment = Augmentation(config)
+        moved, moved_masks = augment(bright, masks, np.random.default_rng(5))
+        assert not np.array_equal(moved_masks, masks)
+        inside = moved[moved_masks == 1]
+        assert inside.mean() > 0.3 and moved[moved_masks == 0].mean() < 0.1  # the frame followed its mask
+        again = augment(bright, masks, np.random.default_rng(5))
+        assert np.array_equal(again[0], moved) and np.array_equal(again[1], moved_masks)  # seeded
+    off = Augmentation(AugmentationConfig(rotation_degrees=0, translate=0, scale=(1, 1), gamma=None, gain=None, noise_std=0))  # fmt: skip
+    assert off.identity and off(bright, masks, np.random.default_rng(5))[0] is bright
 
     assert epoch_steps(None, 1000, 16, 200) == 200  # no epochs: the fixed CPU budget
     assert epoch_steps(50, 1000, 16, 200) == 50 * 63
 
 
-def test_new_evaluate_keys_leave_a_default_study_unchanged():
-    from synthecho.downstream import budget_settings
+def test_a_study_records_its_budget_and_augmentation():
+    from synthecho.downstream import DownstreamTask
+    from synthecho.real import RealSplit
 
-    assert budget_settings(EvaluateConfig()) == {}  # default units keep their hashes and manifests
-    set_ = budget_settings(load_recipe("sdm-9k").evaluate)
+    def settings(config):
+        return DownstreamTask(
+            config, config.segmentation, RealSplit("v"), RealSplit("t"), "cpu"
+        ).budget_settings()
+
+    assert (
+        "epochs" not in settings(EvaluateConfig())
+        and settings(EvaluateConfig())["augmentation"]["noise_std"] > 0
+    )
+    set_ = settings(load_recipe("sdm-9k").evaluate)
     assert set_["epochs"] == 50 and set_["augmentation"]["gamma"] == [0.5, 3.0]

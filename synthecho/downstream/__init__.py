@@ -1,12 +1,17 @@
 """Downstream baselines: does the synthetic corpus help the models researchers train on echo?
 
-One training loop and one data container serve every task (segmentation U-Net, ResNet-18 classifiers,
-CLIPSeg), so the strategies differ only in the data they see:
+One training loop (`synthecho.fitting`), one augmentation policy (`synthecho.downstream.augment`) and one
+data container serve every task (segmentation U-Net, ResNet-18 classifiers, CLIPSeg), so the strategies
+differ only in the data they see:
 
 - `real`: the real train split (capped when the study caps real data);
 - `synthetic`: the passed synthetic train rows only;
 - `pretrain_finetune`: the `synthetic` model of the same seed, fine-tuned on real train;
-- `real_plus_synthetic`: both, sampled uniformly from their union (DiffEcho's "Real + synthetic").
+- `real_plus_synthetic`: both, sampled uniformly from their union (DiffEcho's "Real + synthetic");
+- the controls `warped`, `warped_pretrain_finetune` and `real_plus_warped`: the same, with every
+  synthetic row replaced by its source real frame and mask warped by that row's `mask_transform`
+  (`warped_split`). The rows are paired one to one, so a synthetic strategy minus its control is what
+  the generator adds beyond warping the real data it was conditioned on.
 
 Model selection is always on the real validation split and evaluation always on the real test split.
 Heavy imports (torch, pyarrow) stay inside functions so `synthecho --help` stays fast.
@@ -14,22 +19,42 @@ Heavy imports (torch, pyarrow) stay inside functions so `synthecho --help` stays
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from synthecho import profiling
 from synthecho.errors import SynthechoError
 from synthecho.layout import RunLayout
 from synthecho.real import RealSplit
 
-STRATEGIES = ("real", "synthetic", "pretrain_finetune", "real_plus_synthetic")
+# Report order: each synthetic strategy beside its control; a pretrained model's base trains first.
+STRATEGIES = (
+    "real",
+    "synthetic",
+    "warped",
+    "pretrain_finetune",
+    "warped_pretrain_finetune",
+    "real_plus_synthetic",
+    "real_plus_warped",
+)
+CONTROLS = {"synthetic": "warped", "pretrain_finetune": "warped_pretrain_finetune", "real_plus_synthetic": "real_plus_warped"}  # fmt: skip
+PRETRAINED_ON = {"pretrain_finetune": "synthetic", "warped_pretrain_finetune": "warped"}  # fine-tuned on real
+# The corpora each strategy trains on (a fine-tuned strategy: those of its last fit, real).
+TRAINED_ON = {
+    "real": ("real",),
+    "synthetic": ("synthetic",),
+    "warped": ("warped",),
+    "pretrain_finetune": ("real",),
+    "warped_pretrain_finetune": ("real",),
+    "real_plus_synthetic": ("real", "synthetic"),
+    "real_plus_warped": ("real", "warped"),
+}
 
-# Intensity augmentation (gain / TGC changes). Geometry is left alone: apical views have a fixed layout.
-GAMMA_LOG_RANGE = 0.25
-CONTRAST_RANGE = (0.85, 1.15)
+
+def corpora_of(strategy: str) -> tuple[str, ...]:
+    """Every corpus a strategy's model has seen, pretraining included."""
+    return TRAINED_ON[strategy] + ((PRETRAINED_ON[strategy],) if strategy in PRETRAINED_ON else ())
 
 
 # --- the synthetic corpus ----------------------------------------------------------------------------
@@ -45,7 +70,8 @@ def load_corpus(
 
     Returns (images (N,H,W) uint8, masks (N,H,W) uint8 0..3, records). Records use the same keys as
     `synthecho.real` records (view/phase/sex/image_quality as CAMUS strings, age, shape words, spacing,
-    prompt; `patient` is the source patient) so every task reads real and synthetic rows alike.
+    prompt; `patient` is the source patient) so every task reads real and synthetic rows alike, plus the
+    provenance `source_id`, `mask_transform` and `mask_source`.
     """
     import pyarrow.parquet as pq
 
@@ -83,6 +109,10 @@ def load_corpus(
                     "spacing_row_mm": float(spacing.get("row") or 1.0),
                     "spacing_col_mm": float(spacing.get("col") or 1.0),
                     "prompt": row.get("prompt", ""),
+                    # provenance: what the row's control (`warped_split`) is made from
+                    "source_id": row.get("source_id"),
+                    "mask_transform": row.get("mask_transform"),
+                    "mask_source": row.get("mask_source"),
                 }
             )
     if not records:
@@ -116,7 +146,46 @@ def concat_splits(first: RealSplit, second: RealSplit, name: str) -> RealSplit:
     )
 
 
-# --- shared training loop ----------------------------------------------------------------------------
+def warped_split(corpus: RealSplit, real: RealSplit, grid_keys: dict | None = None) -> tuple[RealSplit, dict]:
+    """The row-paired control of `corpus`: each row's source frame and mask in `real` (by `source_id`)
+    moved together by the row's `mask_transform` (`synthecho.perturb.warp_frame`), the row's record kept.
+
+    `grid_keys`: what the rows do not record of their perturbation (the column count of a non-square
+    elastic grid, `PerturbConfig.grid_keys`). Returns (split, pairing): pairing counts the rows whose
+    mask came from the conditioning and how many of those the warped mask reproduces pixel for pixel
+    (it should be all: the row's mask *is* its source mask under its transform).
+    """
+    from synthecho.perturb import warp_frame
+
+    where = {record_id: index for index, record_id in enumerate(real.ids)}
+    missing = sorted({r["source_id"] for r in corpus.records if r.get("source_id") not in where}, key=str)
+    if missing:
+        raise SynthechoError(
+            f"{len(missing)} synthetic rows name a source_id outside the real {real.split} split (e.g. "
+            f"{missing[0]!r}): the warped control needs each row's source frame; evaluate the corpus in the "
+            f"run (or cap sub-run) that generated it."
+        )
+    extra = {k: v for k, v in (grid_keys or {}).items() if k != "elastic_control_points"}
+    images, masks, conditioned, reproduced = [], [], 0, 0
+    for record, row_mask in zip(corpus.records, corpus.masks, strict=True):
+        i = where[record["source_id"]]
+        image, mask = warp_frame(
+            real.images[i], real.masks[i], real.sectors[i], {**record["mask_transform"], **extra}
+        )
+        images.append(image)
+        masks.append(mask)
+        if record.get("mask_source") == "conditioning":
+            conditioned += 1
+            reproduced += bool(np.array_equal(mask, row_mask))
+    records = [{**record, "id": f"warped:{record['id']}"} for record in corpus.records]
+    if not records:
+        return RealSplit("warped-train"), {"rows": 0, "conditioning_rows": 0, "masks_reproduced": 0}
+    sources = [where[r["source_id"]] for r in corpus.records]
+    split = RealSplit("warped-train", records, np.stack(images), np.stack(masks), real.sectors[sources])
+    return split, {"rows": len(records), "conditioning_rows": conditioned, "masks_reproduced": reproduced}
+
+
+# --- shared pieces of the tasks --------------------------------------------------------------------
 
 
 def pick_device() -> str:
@@ -125,160 +194,64 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def jitter_intensity(images: np.ndarray, rng: np.random.Generator, gamma_range=None) -> np.ndarray:
-    """Gamma and contrast jitter of float frames in [0, 1] (B, H, W); black stays black (multiplicative).
-
-    Gamma is log-uniform in `gamma_range` (low, high), by default e^+-GAMMA_LOG_RANGE.
-    """
-    count = len(images)
-    low, high = (-GAMMA_LOG_RANGE, GAMMA_LOG_RANGE) if gamma_range is None else np.log(gamma_range)
-    gamma = np.exp(rng.uniform(low, high, size=(count, 1, 1)))
-    contrast = rng.uniform(*CONTRAST_RANGE, size=(count, 1, 1))
-    return np.clip(images**gamma * contrast, 0.0, 1.0).astype(np.float32)
-
-
-def augment(images: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator, config):
-    """(frames, label maps) of one training batch under `evaluate.augmentation` (`config`).
-
-    Intensity jitter first (`jitter_intensity`, gamma range from the config), then, when the config asks
-    for geometry, one random rotation / shift / zoom per frame about its centre, applied to the frame
-    (linear) and its label map (nearest) alike (`synthecho.perturb.affine_warp`). The default config
-    draws nothing beyond the jitter: it is exactly the CPU study's augmentation.
-    """
-    from synthecho.perturb import affine_warp
-
-    images = jitter_intensity(images, rng, config.gamma)
-    if not (config.rotation_degrees or config.translate or tuple(config.scale) != (1.0, 1.0)):
-        return images, masks
-    images, masks = images.copy(), None if masks is None else masks.copy()
-    for i in range(len(images)):
-        params = {
-            "angle": rng.uniform(-config.rotation_degrees, config.rotation_degrees),
-            "translate_row": rng.uniform(-config.translate, config.translate),
-            "translate_col": rng.uniform(-config.translate, config.translate),
-            "scale": rng.uniform(*config.scale),
-            "shear": 0.0,
-        }
-        images[i] = affine_warp(images[i], params, order=1)
-        if masks is not None:
-            masks[i] = affine_warp(masks[i], params, order=0)
-    return images, masks
-
-
 def epoch_steps(epochs: int | None, rows: int, batch_size: int, steps: int) -> int:
     """Optimizer steps of one fit: `steps`, or with `evaluate.epochs` set, that many passes over `rows`."""
     return steps if epochs is None else epochs * -(-rows // batch_size)
 
 
-def budget_settings(evaluate_config) -> dict:
-    """The settings a task records for `evaluate.epochs` / `evaluate.augmentation` when they are not the
-    defaults (so default studies keep their unit hashes and manifests)."""
-    settings = {}
-    if evaluate_config.epochs is not None:
-        settings["epochs"] = evaluate_config.epochs
-    if evaluate_config.augmentation != type(evaluate_config.augmentation)():
-        settings["augmentation"] = evaluate_config.augmentation.model_dump(mode="json")
-    return settings
+class DownstreamTask:
+    """What every downstream task shares: its training budget and the augmentation policy.
 
-
-class EpochSampler:
-    """Batches of indices; every item is seen once per epoch, in a fresh seeded order each epoch."""
-
-    def __init__(self, size: int, batch_size: int, rng: np.random.Generator):
-        if size == 0:
-            raise SynthechoError("cannot train on an empty set of frames")
-        self.size, self.batch_size, self.rng = size, batch_size, rng
-        self.order, self.cursor = rng.permutation(size), 0
-
-    def next(self) -> np.ndarray:
-        batch: list[int] = []
-        while len(batch) < self.batch_size:
-            if self.cursor == self.size:
-                self.order, self.cursor = self.rng.permutation(self.size), 0
-            take = self.order[self.cursor : self.cursor + self.batch_size - len(batch)]
-            batch.extend(take.tolist())
-            self.cursor += len(take)
-        return np.asarray(batch)
-
-
-def fit(
-    model,
-    *,
-    size: int,
-    step_loss: Callable,
-    score: Callable,
-    steps: int,
-    batch_size: int,
-    learning_rate: float,
-    validate_every: int,
-    seed: int,
-    optimizer: str = "adam",
-    validate_at_start: bool = False,
-    progress: bool = True,
-    desc: str = "train",
-) -> dict:
-    """Train `model` and keep the weights with the best validation score (higher is better).
-
-    `step_loss(model, indices, rng)` returns the loss tensor of one batch of item indices in [0, size);
-    `score(model)` returns the real-validation score, evaluated every `validate_every` steps and at the end
-    (and before the first step when `validate_at_start`: fine-tuning then can never end below where the
-    pretrained model started). The best weights are loaded back into `model` before returning.
+    Budgets come from `evaluate.*`, overridden per task (`evaluate.segmentation.steps`, ...). A task adds
+    `name`, `new_model(seed)`, `evaluate(model)` and the `synthecho.fitting.Task` protocol
+    (`batch_loss`, `validate`); `items(data)` is how many training items a split holds.
     """
-    import torch
-    from tqdm.auto import tqdm
 
-    rng = np.random.default_rng(seed)
-    sampler = EpochSampler(size, batch_size, rng)
-    if optimizer == "adamw":  # Synthetic Boost's CLIPSeg recipe: AdamW, weight decay 1e-3
-        opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-3)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    history: list[dict] = []
-    best_score, best_step, best_state = -float("inf"), 0, None
+    optimizer, weight_decay = "adam", 0.0
 
-    def validate(step: int) -> None:
-        nonlocal best_score, best_step, best_state
-        with profiling.section("downstream/validation"):
-            model.eval()
-            value = float(score(model))
-            history.append({"step": step, "score": value})
-            if value > best_score:
-                best_score, best_step = value, step
-                best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    def __init__(self, evaluate_config, task_config, validation: RealSplit, test: RealSplit, device=None):
+        from synthecho.downstream.augment import Augmentation
 
-    started = time.perf_counter()
-    if validate_at_start:
-        validate(0)
-    losses: list[float] = []
-    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False)
-    for step in bar:
-        model.train()
-        with profiling.section("downstream/data"):
-            indices = sampler.next()
-        # The task's step_loss assembles (and jitters) the batch as well: that is counted as forward.
-        with profiling.section("downstream/forward"):
-            loss = step_loss(model, indices, rng)
-        with profiling.section("downstream/backward"):
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        losses.append(float(loss.detach()))
-        if step % validate_every == 0 or step == steps:
-            validate(step)
-            bar.set_postfix(
-                loss=f"{losses[-1]:.3f}", val=f"{history[-1]['score']:.3f}", best=f"{best_score:.3f}"
-            )
-    model.load_state_dict(best_state)
-    model.eval()
-    seconds = time.perf_counter() - started
-    return {
-        "steps": steps,
-        "best_step": best_step,
-        "validation_score": best_score,
-        "final_loss": losses[-1] if losses else None,
-        "seconds": round(seconds, 3),
-        "history": history,
-    }
+        self.steps = task_config.steps or evaluate_config.steps
+        self.finetune_steps = task_config.finetune_steps or evaluate_config.steps
+        self.batch_size = task_config.batch_size or evaluate_config.batch_size
+        self.learning_rate = task_config.learning_rate or evaluate_config.learning_rate
+        self.validate_every = task_config.validate_every or evaluate_config.validate_every
+        self.patience = evaluate_config.patience  # in validations: with the task's validate_every
+        self.epochs = evaluate_config.epochs
+        self.augmentation = Augmentation(evaluate_config.augmentation)
+        self.validation, self.test = validation, test
+        self.device = device or pick_device()
+
+    def items(self, data: RealSplit) -> int:
+        return len(data)
+
+    def budget(self, steps: int, data: RealSplit):
+        """The budget of one fit of at most `steps` optimizer steps (or `evaluate.epochs` over `data`)."""
+        from synthecho.fitting import Budget
+
+        return Budget(
+            max_steps=epoch_steps(self.epochs, self.items(data), self.batch_size, steps),
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            validate_every=self.validate_every,
+            patience=self.patience,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+        )
+
+    def budget_settings(self) -> dict:
+        """The settings a unit's hash and the report hold about training (every task's own come beside)."""
+        return {
+            "steps": self.steps,
+            "finetune_steps": self.finetune_steps,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "validate_every": self.validate_every,
+            "patience": self.patience,
+            **({"epochs": self.epochs} if self.epochs is not None else {}),
+            "augmentation": self.augmentation.describe(),
+        }
 
 
 def seeded_init(build: Callable, seed: int):

@@ -5,9 +5,11 @@ DiffEcho fine-tuned ImageNet-pretrained networks; synthecho never downloads weig
 default is random initialisation. `evaluate.classification.weights` may name a local torchvision
 resnet18 state dict (`.pth` via torch.load(weights_only=True), or `.safetensors`): its RGB stem kernels
 are summed over the colour axis (the response to a gray image fed as three equal channels) and its
-1000-class head is dropped. Adam, cross entropy, intensity jitter; selection on real-validation
-accuracy (DiffEcho: best-validation-accuracy epoch); reported on real test: accuracy and macro
-precision / recall / F1, plus per-image correctness for the paired tests.
+1000-class head is dropped. Adam, cross entropy, the study's augmentation policy; selection on
+real-validation accuracy (DiffEcho: best-validation-accuracy epoch); reported on real test: accuracy and
+macro precision / recall / F1, plus per image the correctness and the probability given to the true class
+(`p_true`, the confirmatory family's measure: a smooth score where accuracy per patient moves in steps
+of a quarter).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthecho.downstream import augment, budget_settings, epoch_steps, fit, pick_device, seeded_init
+from synthecho.downstream import DownstreamTask, seeded_init
 from synthecho.downstream.stats import classification_metrics
 from synthecho.errors import SynthechoError
 from synthecho.real import RealSplit
@@ -68,97 +70,73 @@ def build_resnet18(weights: str | None = None):
     return model
 
 
-class ClassificationTask:
+class ClassificationTask(DownstreamTask):
     """`phase` or `view`: build, train (select on real validation accuracy) and test a ResNet-18."""
 
-    paired_metrics = ("correct",)  # per-image correctness (fraction of seeds right) for Wilcoxon
+    effect_metrics = ("p_true", "correct")  # per image; compared patient by patient
 
     def __init__(self, task: str, evaluate_config, validation: RealSplit, test: RealSplit, device=None):
         if task not in ATTRIBUTES:
             raise SynthechoError(f"classification task {task!r}: expected one of {', '.join(ATTRIBUTES)}")
         config = evaluate_config.classification
+        super().__init__(evaluate_config, config, validation, test, device)
         self.name = task
-        self.steps = config.steps or evaluate_config.steps
-        self.finetune_steps = config.finetune_steps or evaluate_config.steps
-        self.batch_size = config.batch_size or evaluate_config.batch_size
-        self.learning_rate = config.learning_rate or evaluate_config.learning_rate
-        self.validate_every = evaluate_config.validate_every
-        self.epochs, self.augmentation = evaluate_config.epochs, evaluate_config.augmentation
         self.weights = config.resolved_weights()
-        self.validation, self.test = validation, test
+        self.input_size = config.input_size
         self.validation_labels = labels_of(validation, task)
         self.test_labels = labels_of(test, task)
-        self.device = device or pick_device()
         self.settings = {
             "model": "torchvision resnet18, 1-channel stem",
             "weights": self.weights,
-            "steps": self.steps,
-            "finetune_steps": self.finetune_steps,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "validate_every": self.validate_every,
+            **({"input_size": self.input_size} if self.input_size else {}),
+            **self.budget_settings(),
             "optimizer": "Adam",
-            **budget_settings(evaluate_config),
         }
 
     def new_model(self, seed: int):
         return seeded_init(lambda: build_resnet18(self.weights), seed).to(self.device)
 
-    def predict(self, model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def inputs(self, frames: np.ndarray):
+        """Float frames in [0, 1] (B, H, W) -> the network's input (B, 1, h, w) on the device, area-averaged
+        to `evaluate.classification.input_size` when they are larger."""
+        import torch
+        import torch.nn.functional as F
+
+        batch = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
+        if self.input_size and max(batch.shape[-2:]) > self.input_size:
+            batch = F.interpolate(batch, size=(self.input_size, self.input_size), mode="area")
+        return batch.to(self.device)
+
+    def probabilities(self, model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(N, H, W) uint8 -> (N, 2) softmax over the task's classes, batched, no grad."""
         import torch
 
-        out = np.zeros(len(images), np.int64)
+        out = np.zeros((len(images), 2), np.float64)
         model.eval()
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                batch = torch.from_numpy(images[start : start + batch_size].astype(np.float32) / 255.0)
-                out[start : start + len(batch)] = (
-                    model(batch[:, None].to(self.device)).argmax(dim=1).cpu().numpy()
-                )
+                logits = model(self.inputs(images[start : start + batch_size] / 255.0)).float()
+                out[start : start + len(logits)] = torch.softmax(logits, dim=1).cpu().numpy()
         return out
 
-    def validation_score(self, model) -> float:
-        return float(np.mean(self.predict(model, self.validation.images) == self.validation_labels))
+    def validate(self, model) -> float:
+        predicted = self.probabilities(model, self.validation.images).argmax(axis=1)
+        return float(np.mean(predicted == self.validation_labels))
 
-    def fit(
-        self,
-        model,
-        data: RealSplit,
-        *,
-        steps: int,
-        seed: int,
-        validate_at_start=False,
-        progress=True,
-        desc="",
-    ):
+    def batch_loss(self, model, data: RealSplit, indices: np.ndarray, rng: np.random.Generator):
         import torch
 
-        labels = labels_of(data, self.name)
-        images = data.images.astype(np.float32) / 255.0
-        loss_function = torch.nn.CrossEntropyLoss()
-
-        def step_loss(model, indices, rng):
-            frames, _ = augment(images[indices], None, rng, self.augmentation)
-            batch = torch.from_numpy(frames)[:, None].to(self.device)
-            return loss_function(model(batch), torch.from_numpy(labels[indices]).to(self.device))
-
-        return fit(
-            model,
-            size=len(data),
-            step_loss=step_loss,
-            score=self.validation_score,
-            steps=epoch_steps(self.epochs, len(data), self.batch_size, steps),
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            validate_every=self.validate_every,
-            seed=seed,
-            validate_at_start=validate_at_start,
-            progress=progress,
-            desc=desc or self.name,
-        )
+        frames, _ = self.augmentation(data.images[indices].astype(np.float32) / 255.0, None, rng)
+        logits = model(self.inputs(frames))
+        attribute, names = ATTRIBUTES[self.name]
+        labels = torch.tensor([names.index(data.records[i][attribute]) for i in indices], device=self.device)
+        return torch.nn.functional.cross_entropy(logits, labels)
 
     def evaluate(self, model) -> dict:
-        predictions = self.predict(model, self.test.images)
+        probabilities = self.probabilities(model, self.test.images)
+        predictions = probabilities.argmax(axis=1)
         summary = classification_metrics(self.test_labels, predictions, num_classes=2)
         correct = (predictions == self.test_labels).astype(np.float64)
-        return {"summary": summary, "per_image": {"correct": correct.tolist()}}
+        p_true = probabilities[np.arange(len(predictions)), self.test_labels]
+        summary["p_true"] = float(p_true.mean())
+        return {"summary": summary, "per_image": {"correct": correct.tolist(), "p_true": p_true.tolist()}}

@@ -11,7 +11,8 @@ prompt) triple per sample, and reported Dice per level. Here each level is its o
 - training: every real/synthetic frame gives three samples (LV, MYO, LA), each with its structure's
   prompt at the task's level; the phrasing (A "of the heart" / B "in the cardiac ultrasound") is drawn
   per sample, as the medvlsm JSON files do. Loss: Dice + 0.2 x BCE on sigmoid logits (Synthetic Boost's
-  DiceCELoss weights in its config), AdamW with weight decay 1e-3, no augmentation.
+  DiceCELoss weights in its config), AdamW with weight decay 1e-3. Synthetic Boost used no augmentation;
+  here every task gets the study's one policy (`synthecho.downstream.augment`), frames and masks alike.
 - evaluation: phrasing A; logits are resized to the frame, thresholded at 0.5, and the three binary
   maps merged into a label map (LV over MYO over LA), so the U-Net metrics apply unchanged (LV epi is the
   union of the LV and MYO predictions). Synthetic Boost evaluated at 512 px; here at the prepared
@@ -28,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from synthecho.downstream import fit, pick_device
-from synthecho.downstream.segmentation import STRUCTURES, segmentation_metrics
+from synthecho.downstream import DownstreamTask
+from synthecho.downstream.segmentation import EFFECT_METRICS, segmentation_metrics
 from synthecho.errors import SynthechoError
 from synthecho.metrics import dice_per_image
 from synthecho.real import RealSplit
@@ -121,36 +122,26 @@ def save_tiny_clipseg(folder: str | Path, image_size: int = 32, seed: int = 0) -
     return folder
 
 
-class ClipSegTask:
+class ClipSegTask(DownstreamTask):
     """One prompt level of CLIPSeg: fine-tune (select on real validation Dice) and test."""
 
-    paired_metrics = tuple(f"dice_{name}" for name in STRUCTURES)
+    effect_metrics = EFFECT_METRICS
+    optimizer, weight_decay = "adamw", 1e-3  # Synthetic Boost's CLIPSeg recipe
 
     def __init__(
         self, level: int, evaluate_config, validation: RealSplit, test: RealSplit, weights: Path, device=None
     ):
         from transformers import CLIPSegProcessor
 
-        config = evaluate_config.clipseg
+        super().__init__(evaluate_config, evaluate_config.clipseg, validation, test, device)
         self.level = level
         self.name = f"clipseg-P{level}"
         self.weights = Path(weights)
         self.processor = CLIPSegProcessor.from_pretrained(self.weights)
-        self.steps = config.steps or evaluate_config.steps
-        self.finetune_steps = config.finetune_steps or evaluate_config.steps
-        self.batch_size = config.batch_size or evaluate_config.batch_size
-        self.learning_rate = config.learning_rate or evaluate_config.learning_rate
-        self.validate_every = evaluate_config.validate_every
-        self.validation, self.test = validation, test
-        self.device = device or pick_device()
         self.settings = {
             "weights": str(self.weights),
             "level": level,
-            "steps": self.steps,
-            "finetune_steps": self.finetune_steps,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "validate_every": self.validate_every,
+            **self.budget_settings(),
             "loss": "DiceCELoss(sigmoid, lambda_ce=0.2)",
             "optimizer": "AdamW(weight_decay=1e-3)",
         }
@@ -202,55 +193,32 @@ class ClipSegTask:
         labels[binary["lv"]] = 1
         return labels
 
-    def validation_score(self, model) -> float:
+    def validate(self, model) -> float:
         dice = dice_per_image(self.predict(model, self.validation), self.validation.masks)
         return float(np.mean([dice[name].mean() for name in PROMPT_STRUCTURES]))
 
-    def fit(
-        self,
-        model,
-        data: RealSplit,
-        *,
-        steps: int,
-        seed: int,
-        validate_at_start=False,
-        progress=True,
-        desc="",
-    ):
+    def items(self, data: RealSplit) -> int:
+        return 3 * len(data)  # one sample per (frame, structure)
+
+    def batch_loss(self, model, data: RealSplit, indices: np.ndarray, rng: np.random.Generator):
         import torch
         import torch.nn.functional as F
         from monai.losses import DiceCELoss
 
-        loss_function = DiceCELoss(sigmoid=True, lambda_dice=1.0, lambda_ce=0.2)
-
-        def step_loss(model, indices, rng):
-            # Sample i is frame i // 3 with structure i % 3 (label value i % 3 + 1).
-            frames, kinds = indices // 3, indices % 3
-            phrasings = rng.choice(["A", "B"], size=len(indices))
-            prompts = [
-                prompt_for(data.records[frame], PROMPT_STRUCTURES[kind], self.level, phrasing)
-                for frame, kind, phrasing in zip(frames, kinds, phrasings, strict=True)
-            ]
-            logits = self.logits(model, data.images[frames], prompts)[:, None]
-            target = torch.from_numpy((data.masks[frames] == (kinds + 1)[:, None, None]).astype(np.float32))
-            target = F.interpolate(target[:, None], size=logits.shape[-2:], mode="nearest").to(self.device)
-            return loss_function(logits, target)
-
-        return fit(
-            model,
-            size=3 * len(data),
-            step_loss=step_loss,
-            score=self.validation_score,
-            steps=steps,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            validate_every=self.validate_every,
-            seed=seed,
-            optimizer="adamw",
-            validate_at_start=validate_at_start,
-            progress=progress,
-            desc=desc or self.name,
+        # Sample i is frame i // 3 with structure i % 3 (label value i % 3 + 1).
+        frames, kinds = indices // 3, indices % 3
+        phrasings = rng.choice(["A", "B"], size=len(indices))
+        prompts = [
+            prompt_for(data.records[frame], PROMPT_STRUCTURES[kind], self.level, phrasing)
+            for frame, kind, phrasing in zip(frames, kinds, phrasings, strict=True)
+        ]
+        images, masks = self.augmentation(
+            data.images[frames].astype(np.float32) / 255.0, data.masks[frames], rng
         )
+        logits = self.logits(model, np.rint(images * 255).astype(np.uint8), prompts)[:, None]
+        target = torch.from_numpy((masks == (kinds + 1)[:, None, None]).astype(np.float32))
+        target = F.interpolate(target[:, None], size=logits.shape[-2:], mode="nearest").to(self.device)
+        return DiceCELoss(sigmoid=True, lambda_dice=1.0, lambda_ce=0.2)(logits, target)
 
     def evaluate(self, model) -> dict:
         return segmentation_metrics(self.predict(model, self.test), self.test)

@@ -1,14 +1,15 @@
-"""Metrics and statistics of the downstream study: HD95 in mm, macro P/R/F1, paired Wilcoxon, mean ± std.
+"""Metrics and statistics of the downstream study: HD95 in mm, macro P/R/F1, mean ± std over seeds, and
+patient-level effect sizes (BCa bootstrap intervals, exact sign-flip tests, Holm).
 
 Dice lives in `synthecho.metrics` (shared with the segmenter and the filter); this module adds what only
 the downstream evaluation needs. Everything here is plain numpy/scipy and is tested on hand-computed
-cases (tests/test_downstream_metrics.py).
+cases (tests/test_downstream_metrics.py, tests/test_effect_sizes.py).
 """
 
 from __future__ import annotations
 
 import math
-from itertools import combinations
+import warnings
 
 import numpy as np
 
@@ -113,42 +114,6 @@ def mean_std(values) -> tuple[float, float]:
     return float(values.mean()), std
 
 
-def paired_wilcoxon(a, b) -> dict:
-    """Two-sided Wilcoxon signed-rank test of paired samples `a` and `b` (scipy.stats.wilcoxon).
-
-    Pairs with a NaN are dropped. Zero differences are dropped too (scipy's default `zero_method="wilcox"`),
-    so `n` is the number of informative pairs. When every difference is zero the two strategies agree on
-    every image: p = 1.0. Returns {"p", "statistic", "n", "mean_difference"} (mean of a - b).
-    """
-    from scipy.stats import wilcoxon
-
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples must have the same length, got {a.shape} and {b.shape}")
-    keep = ~(np.isnan(a) | np.isnan(b))
-    difference = a[keep] - b[keep]
-    informative = int(np.count_nonzero(difference))
-    mean_difference = float(difference.mean()) if difference.size else float("nan")
-    if informative == 0:
-        return {"p": 1.0, "statistic": 0.0, "n": 0, "mean_difference": mean_difference}
-    result = wilcoxon(a[keep], b[keep])
-    return {
-        "p": float(result.pvalue),
-        "statistic": float(result.statistic),
-        "n": informative,
-        "mean_difference": mean_difference,
-    }
-
-
-def pairwise_wilcoxon(per_image: dict[str, np.ndarray]) -> list[dict]:
-    """Paired Wilcoxon between every pair of strategies: [{"a", "b", "p", "statistic", "n", "mean_difference"}]."""
-    return [
-        {"a": first, "b": second, **paired_wilcoxon(per_image[first], per_image[second])}
-        for first, second in combinations(per_image, 2)
-    ]
-
-
 # --- patient-level effect sizes (the unit of inference is the patient, not the frame) ----------------
 
 MIN_N_FOR_P = 6  # below this an exact two-sided test cannot reach p < 0.05 (its minimum is 2 / 2^n)
@@ -203,21 +168,29 @@ def bootstrap_interval(differences, confidence: float = 0.95, seed: int = 0) -> 
     if len(differences) < 2 or np.ptp(differences) == 0:  # no spread to resample: the value itself
         value = float(differences.mean()) if len(differences) else float("nan")
         return value, value
-    result = bootstrap(
-        (differences,),
-        np.mean,
-        confidence_level=confidence,
-        n_resamples=BOOTSTRAP_RESAMPLES,
-        method="BCa",
-        random_state=np.random.default_rng(seed),
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            # BCa is undefined when nearly every resample ties (scipy warns and answers NaN): percentile then.
+            warnings.simplefilter("ignore")
+            result = bootstrap(
+                (differences,),
+                np.mean,
+                confidence_level=confidence,
+                n_resamples=BOOTSTRAP_RESAMPLES,
+                method=method,
+                random_state=np.random.default_rng(seed),
+            )
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+        if np.isfinite(low) and np.isfinite(high):
+            break
+    return low, high
 
 
-def paired_effect(a, b, *, seed: int = 0) -> dict:
+def paired_effect(a, b, *, seed: int = 0, test: bool = True) -> dict:
     """Effect of a over b on paired per-patient values: the mean difference with its 95 % BCa interval,
-    "k of n patients improved", and an exact sign-flip p-value — None below MIN_N_FOR_P patients, where
-    no result could be significant and a p-value would only invite misreading.
+    "k of n patients improved", and (with `test`: the confirmatory comparisons only) an exact sign-flip
+    p-value — None below MIN_N_FOR_P patients, where no result could be significant and a p-value would
+    only invite misreading.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
@@ -225,7 +198,7 @@ def paired_effect(a, b, *, seed: int = 0) -> dict:
     differences = a - b
     n = int(len(differences))
     low, high = bootstrap_interval(differences, seed=seed)
-    p, exact = sign_flip_p(differences, seed=seed) if n >= MIN_N_FOR_P else (None, None)
+    p, exact = sign_flip_p(differences, seed=seed) if test and n >= MIN_N_FOR_P else (None, None)
     return {
         "n": n,
         "mean_difference": float(differences.mean()) if n else float("nan"),
@@ -235,7 +208,8 @@ def paired_effect(a, b, *, seed: int = 0) -> dict:
         "worse": int(np.sum(differences < 0)),
         "p": p,
         "p_exact": exact,
-        "p_minimum": exact_minimum_p(n) if n else None,
+        "p_minimum": exact_minimum_p(n) if test and n else None,
+        "sd": float(differences.std(ddof=1)) if n > 1 else float("nan"),  # of the per-patient differences
     }
 
 

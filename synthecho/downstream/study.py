@@ -1,16 +1,17 @@
-"""The downstream study's engine: tasks, real-data caps, training units, and their aggregation.
+"""The downstream study's engine: tasks, real-data caps, training units and their cache.
 
 A *unit* is one trained and tested model: (cap, task, strategy, seed). `run_task` trains every unit of
 one task at one cap, or reads it back from its completion marker when its inputs are unchanged (an
-interrupted study resumes); `aggregate` turns units into per-strategy summaries and paired tests.
-Strategies (`synthecho.downstream`): real, synthetic, pretrain_finetune (the synthetic model of the same
-seed fine-tuned on real), real_plus_synthetic; real-only and real+synthetic train as many steps as
-pretrain+fine-tune together (`training_steps`).
+interrupted study resumes); `synthecho.downstream.effects` turns units into summaries and effects.
+Strategies and their controls: `synthecho.downstream`. Budgets (`training_steps`) are equal across
+strategies: whatever sees real data without pretraining may train as many steps as pretraining and
+fine-tuning together, and every fit may stop early (`evaluate.patience`).
 
-Statistics: mean ± sample std over seeds of each test metric; per-image metrics averaged over seeds,
-then a paired two-sided Wilcoxon signed-rank test between every pair of strategies, per structure
-(segmentation Dice) or on per-image correctness (classification: the fraction of seeds that classify
-the image correctly — a Wilcoxon on paired accuracies, chosen over McNemar because it uses every seed).
+Inputs are shared wherever they are identical: a fine-tuned strategy starts from the weights of its
+base unit of the same seed (`synthetic` for pretrain_finetune, `warped` for warped_pretrain_finetune),
+so no pretraining is paid twice; the real-only unit does not depend on the corpus, and a warped unit
+depends only on which rows were kept and how they were warped (not on the generated pixels), so both
+are reused when only the generator changes.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from synthecho import profiling
-from synthecho.downstream import concat_splits
-from synthecho.downstream.stats import mean_std, pairwise_wilcoxon
+from synthecho.downstream import PRETRAINED_ON, TRAINED_ON, concat_splits, corpora_of
 from synthecho.io import atomic_path, sha256_file, sha256_json
 from synthecho.layout import RunLayout
 from synthecho.markers import current_info, write_marker
 from synthecho.real import RealSplit
 
-SYNTHETIC_STRATEGIES = ("synthetic", "pretrain_finetune", "real_plus_synthetic")
+SYNTHETIC_STRATEGIES = tuple(name for name in TRAINED_ON if corpora_of(name) != ("real",))
 
 
 # --- real-data caps ----------------------------------------------------------------------------------
@@ -82,18 +82,27 @@ def corpus_fingerprint(run: Path, limit: int | None) -> dict:
     return {"files": {p.name: sha256_file(p) for p in RunLayout.of(run).data_files("train")}, "limit": limit}
 
 
+def warped_fingerprint(corpus: RealSplit, grid_keys: dict) -> str:
+    """What a warped unit was trained on besides the real train split: each kept row's source and
+    transform (the generated pixels play no part)."""
+    rows = [[r["id"], r["source_id"], r["mask_transform"]] for r in corpus.records]
+    return sha256_json({"rows": rows, "grid": grid_keys})
+
+
 def training_steps(task, strategy: str) -> int:
-    """Optimizer steps of one strategy's model: the same total for every strategy that sees real data.
+    """The most optimizer steps of one strategy's (last) fit: the same total for every strategy.
 
-    pretrain_finetune is the synthetic model (`steps`) fine-tuned on real (`finetune_steps`), so real-only
-    and real+synthetic get `steps + finetune_steps` too: a fine-tune gain is then not just extra training.
-    Synthetic-only keeps `steps` (it is the pretrained model); real-only training longer only makes the
-    synthetic-vs-real comparisons conservative.
+    A fine-tuned strategy is its base model (`steps`) fine-tuned on real (`finetune_steps`), so whatever
+    trains on real data from scratch (real-only, real + synthetic / warped) may take `steps +
+    finetune_steps`: a fine-tune gain is then not just extra training. Synthetic- or warped-only keep
+    `steps` (they are the pretrained models).
     """
-    return task.steps if strategy in ("synthetic", "pretrain_finetune") else task.steps + task.finetune_steps
+    if strategy in PRETRAINED_ON:
+        return task.finetune_steps
+    return task.steps + task.finetune_steps if "real" in TRAINED_ON[strategy] else task.steps
 
 
-def unit_hash(task, strategy: str, seed: int, real_train: RealSplit, fingerprint: dict | None) -> str:
+def unit_hash(task, strategy: str, seed: int, real_train: RealSplit, fingerprints: dict) -> str:
     return sha256_json(
         {
             "task": task.name,
@@ -104,10 +113,70 @@ def unit_hash(task, strategy: str, seed: int, real_train: RealSplit, fingerprint
             "real_train": real_train.ids,
             "validation": task.validation.ids,
             "test": task.test.ids,
-            "synthetic": fingerprint if strategy in SYNTHETIC_STRATEGIES else None,
+            "corpora": {name: fingerprints.get(name) for name in corpora_of(strategy) if name != "real"},
             # the phantom's truth adds metrics; runs without it keep their unit hashes
             **({"test_truth": True} if task.test.truth is not None else {}),
         }
+    )
+
+
+def train(
+    task, model, data: RealSplit, steps: int, seed: int, *, progress: bool, desc: str, start=False
+) -> dict:
+    """One fit through the shared loop (`synthecho.fitting`): its record, without per-step losses."""
+    from synthecho.fitting import fit
+
+    budget = task.budget(steps, data)
+    result = fit(model, task, data, budget, seed=seed, size=task.items(data), validate_at_start=start,
+                 progress=progress, desc=desc, profile="downstream")  # fmt: skip
+    return result.record()
+
+
+def _training_data(strategy: str, corpora: dict[str, RealSplit | None]) -> RealSplit:
+    names = TRAINED_ON[strategy]
+    data = corpora[names[0]]
+    for name in names[1:]:
+        data = concat_splits(data, corpora[name], "+".join(names))
+    return data
+
+
+def _base_model(task, base: str, seed: int, corpora, fingerprints, unit_dir: Path, models: dict, progress):
+    """The trained `base` model (synthetic / warped) of `seed`: from this run, from its saved weights, or
+    trained here when only the fine-tuned strategy was asked for."""
+    from safetensors.torch import load_model
+
+    if base in models:
+        return models[base]
+    model = task.new_model(seed)
+    weights = unit_dir / f"{base}-seed{seed}.safetensors"
+    recorded = unit_dir / f"{base}-seed{seed}.weights.json"
+    base_hash = unit_hash(task, base, seed, corpora["real"], fingerprints)
+    if weights.is_file() and current_info(recorded, base_hash) is not None:
+        load_model(model, str(weights), device=str(task.device))
+    else:
+        train(
+            task,
+            model,
+            corpora[base],
+            task.steps,
+            seed,
+            progress=progress,
+            desc=f"{task.name} {base} s{seed}",
+        )
+        _save_base(model, base, seed, unit_dir, base_hash)
+    models[base] = model
+    return model
+
+
+def _save_base(model, base: str, seed: int, unit_dir: Path, input_hash: str) -> None:
+    from safetensors.torch import save_model
+
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{base}-seed{seed}.safetensors"
+    with atomic_path(unit_dir / name) as tmp:
+        save_model(model, str(tmp))
+    write_marker(
+        unit_dir / f"{base}-seed{seed}.weights.json", "unit", name, {"weights": name}, input_hash=input_hash
     )
 
 
@@ -115,128 +184,81 @@ def run_task(
     task,
     strategies: list[str],
     seeds: list[int],
-    real_train: RealSplit,
-    synthetic: RealSplit | None,
-    fingerprint: dict | None,
+    corpora: dict[str, RealSplit | None],
+    fingerprints: dict,
     unit_dir: Path,
     *,
     progress: bool = True,
 ) -> list[dict]:
     """Every (strategy, seed) unit of one task at one cap; cached units are read back, not retrained.
 
-    pretrain_finetune starts from the weights of the `synthetic` unit of the same seed (trained here
-    when only the fine-tuned strategy was asked for), so the pretraining is never paid twice.
+    `corpora`: "real" (the capped real train split), "synthetic" and "warped" (None when not loaded);
+    `fingerprints`: what identifies the synthetic and warped corpora (`corpus_fingerprint`,
+    `warped_fingerprint`). `strategies` in `STRATEGIES` order (a base before its fine-tuned strategy).
     """
-    from safetensors.torch import load_model, save_model
-
     units = []
+    bases = {PRETRAINED_ON[s] for s in strategies if s in PRETRAINED_ON}
     for seed in seeds:
-        synthetic_model = None
+        models: dict = {}  # base strategy -> its trained model of this seed
         for strategy in strategies:
-            input_hash = unit_hash(task, strategy, seed, real_train, fingerprint)
+            input_hash = unit_hash(task, strategy, seed, corpora["real"], fingerprints)
             path = unit_dir / f"{strategy}-seed{seed}.json"
             if (cached := current_info(path, input_hash)) is not None:
                 units.append(cached)
                 continue
-            if strategy in SYNTHETIC_STRATEGIES and (synthetic is None or len(synthetic) == 0):
+            empty = [
+                name for name in corpora_of(strategy) if corpora.get(name) is None or len(corpora[name]) == 0
+            ]
+            if empty:
                 units.append({"task": task.name, "strategy": strategy, "seed": seed,
                               "skipped": "no synthetic train rows passed the filter"})  # fmt: skip
                 continue
             started = time.perf_counter()
             desc = f"{task.name} {strategy} s{seed}"
             model = task.new_model(seed)
-            steps = training_steps(task, strategy)
-            if strategy == "real":
-                training = task.fit(model, real_train, steps=steps, seed=seed, progress=progress, desc=desc)
-            elif strategy == "synthetic":
-                training = task.fit(model, synthetic, steps=steps, seed=seed, progress=progress, desc=desc)
-            elif strategy == "real_plus_synthetic":
-                both = concat_splits(real_train, synthetic, "real+synthetic")
-                training = task.fit(model, both, steps=steps, seed=seed, progress=progress, desc=desc)
-            else:  # pretrain_finetune
-                weights = unit_dir / f"synthetic-seed{seed}.safetensors"
-                pretrain_hash = unit_hash(task, "synthetic", seed, real_train, fingerprint)
-                if synthetic_model is None:
-                    synthetic_model = task.new_model(seed)
-                    recorded = unit_dir / f"synthetic-seed{seed}.weights.json"
-                    if weights.is_file() and current_info(recorded, pretrain_hash) is not None:
-                        load_model(synthetic_model, str(weights), device=str(task.device))
-                    else:
-                        task.fit(synthetic_model, synthetic, steps=task.steps, seed=seed, progress=progress,
-                                 desc=f"{task.name} pretrain s{seed}")  # fmt: skip
-                model.load_state_dict(synthetic_model.state_dict())
-                training = task.fit(model, real_train, steps=task.finetune_steps, seed=seed,
-                                    validate_at_start=True, progress=progress, desc=desc)  # fmt: skip
+            if strategy in PRETRAINED_ON:
+                base = _base_model(
+                    task, PRETRAINED_ON[strategy], seed, corpora, fingerprints, unit_dir, models, progress
+                )
+                model.load_state_dict(base.state_dict())
+                training = train(task, model, corpora["real"], task.finetune_steps, seed, progress=progress,
+                                 desc=desc, start=True)  # fmt: skip
+            else:
+                data = _training_data(strategy, corpora)
+                training = train(
+                    task, model, data, training_steps(task, strategy), seed, progress=progress, desc=desc
+                )
             result = task.evaluate(model)
-            if strategy == "synthetic":
-                synthetic_model = model
-                if "pretrain_finetune" in strategies:
-                    unit_dir.mkdir(parents=True, exist_ok=True)
-                    with atomic_path(unit_dir / f"synthetic-seed{seed}.safetensors") as tmp:
-                        save_model(model, str(tmp))
-                    name = f"synthetic-seed{seed}.safetensors"
-                    write_marker(unit_dir / f"synthetic-seed{seed}.weights.json", "unit", name,
-                                 {"weights": name}, input_hash=input_hash)  # fmt: skip
+            if strategy in bases:
+                models[strategy] = model
+                _save_base(model, strategy, seed, unit_dir, input_hash)
             unit = {
                 "task": task.name,
                 "strategy": strategy,
                 "seed": seed,
                 "input_hash": input_hash,
-                "n_real": len(real_train) if strategy != "synthetic" else 0,
-                "n_synthetic": len(synthetic) if strategy in SYNTHETIC_STRATEGIES else 0,
+                "n_real": len(corpora["real"]) if "real" in TRAINED_ON[strategy] else 0,
+                "n_synthetic": sum(len(corpora[n]) for n in TRAINED_ON[strategy] if n != "real"),
                 "training": training,
                 **result,
             }
             write_marker(path, "unit", f"{task.name}/{strategy}/seed{seed}", unit, input_hash=input_hash)
             units.append(unit)
-            # training, testing and saving of one unit (pretrain_finetune includes its pretraining if run here)
+            # training, testing and saving of one unit (a fine-tuned one includes its base if trained here)
             profiling.add(f"evaluate/{task.name}/{strategy}", time.perf_counter() - started)
     return units
 
 
-# --- aggregation -------------------------------------------------------------------------------------
-
-
-def aggregate(task, units: list[dict], strategies: list[str]) -> dict:
-    """Mean ± std over seeds per strategy and metric; pairwise Wilcoxon on seed-averaged per-image values."""
-    result: dict = {"strategies": {}, "wilcoxon": {}, "per_image": {}}
-    per_image: dict[str, dict[str, np.ndarray]] = {metric: {} for metric in task.paired_metrics}
-    for strategy in strategies:
-        done = [unit for unit in units if unit["strategy"] == strategy and "skipped" not in unit]
-        if not done:
-            skipped = [
-                unit["skipped"] for unit in units if unit["strategy"] == strategy and "skipped" in unit
-            ]
-            result["strategies"][strategy] = {"skipped": skipped[0] if skipped else "not run"}
-            continue
-        metrics = {}
-        for key, value in done[0]["summary"].items():
-            if isinstance(value, int | float):
-                values = [unit["summary"][key] for unit in done]
-                mean, std = mean_std(values)
-                metrics[key] = {"mean": mean, "std": std, "per_seed": values}
-        result["strategies"][strategy] = {
-            "seeds": [unit["seed"] for unit in done],
-            "n_real": done[0]["n_real"],
-            "n_synthetic": done[0]["n_synthetic"],
-            "best_step": [unit["training"]["best_step"] for unit in done],
-            "train_seconds": float(np.sum([unit["training"]["seconds"] for unit in done])),
-            "metrics": metrics,
-        }
-        for metric in task.paired_metrics:
-            per_image[metric][strategy] = np.mean([unit["per_image"][metric] for unit in done], axis=0)
-    for metric, by_strategy in per_image.items():
-        result["wilcoxon"][metric] = pairwise_wilcoxon(by_strategy) if len(by_strategy) > 1 else []
-        result["per_image"][metric] = {strategy: values.tolist() for strategy, values in by_strategy.items()}
-    return result
+# --- the manifest copy ------------------------------------------------------------------------------
 
 
 def strip_per_image(study: dict) -> dict:
-    """The manifest copy: summaries and p-values only (per-image arrays stay in results.json)."""
+    """The manifest copy: summaries and effects only (per-image and per-patient arrays stay in results.json)."""
     caps = {}
     for key, cap in study["caps"].items():
         tasks = {
-            name: {k: v for k, v in task.items() if k != "per_image"} for name, task in cap["tasks"].items()
+            name: {k: v for k, v in task.items() if k not in ("per_image", "per_patient")}
+            for name, task in cap["tasks"].items()
         }
         caps[key] = {**cap, "tasks": tasks}
     return {**study, "caps": caps}

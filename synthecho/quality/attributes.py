@@ -15,6 +15,10 @@ Two kinds of small CNN, each with two heads (2CH/4CH and ED/ES), trained on real
   out-of-patient figures, comparable with each other. The warped-real accuracy is the ceiling: a
   generator that drew exactly its (perturbed) source cannot agree more.
 
+Both are trained with rotated, shifted and sheared copies of the real frames (`phase_free`): generated
+rows come from perturbed masks, and a tilted heart must not read as another view; scale and the elastic
+field are left out because they move the phase cues themselves.
+
 Why CNNs of their own rather than the segmenter's pooled features: view is a matter of where things are
 (4CH shows the right heart beside the left), which global pooling discards; separate networks also keep
 the filter from grading images with the model that drew their masks. Frames are area-averaged to a few
@@ -28,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from synthecho import profiling
 from synthecho.errors import SynthechoError
 from synthecho.real import RealSplit
 from synthecho.schema import PHASES, VIEWS
@@ -187,36 +190,53 @@ def proportion(successes: int, trials: int) -> dict:
     }
 
 
-def _fit(network, architecture, images, records, steps, batch_size, learning_rate, seed, progress):
-    """The training loop: AdamW with a cosine schedule, random batches with gain jitter."""
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
+class _Training:
+    """A classifier's training as a `synthecho.fitting.Task`: two cross entropies (view, phase) on random
+    batches with gain jitter. No validation: a fixed budget (the filter's accuracy is cross-validated)."""
 
-    views, phases = (torch.from_numpy(targets) for targets in _targets(records))
-    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    rng = np.random.default_rng(seed)
+    def __init__(self, records: list[dict]):
+        import torch
+
+        self.views, self.phases = (torch.from_numpy(targets) for targets in _targets(records))
+
+    def batch_loss(self, network, inputs, indices, rng):
+        import torch
+        import torch.nn.functional as F
+
+        index = torch.from_numpy(indices)
+        # Brightness jitter (gain): attributes must not be read off the overall grey level.
+        gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(len(index), 1, 1, 1)).astype(np.float32))
+        logits = network((inputs[index] * gain).clamp(0, 1))
+        loss = F.cross_entropy(logits[:, : len(VIEWS)], self.views[index])
+        return loss + F.cross_entropy(logits[:, len(VIEWS) :], self.phases[index])
+
+    def validate(self, network) -> float:  # never called: the budget does not validate
+        raise NotImplementedError
+
+
+def _fit(network, architecture, images, records, steps, batch_size, learning_rate, seed, progress):
+    """The shared training loop (`synthecho.fitting`): AdamW with a cosine schedule, batches drawn with
+    replacement, `steps` steps."""
+    from synthecho.fitting import Budget, fit
+
+    budget = Budget(steps, batch_size, learning_rate, optimizer="adamw", weight_decay=1e-4, cosine=True,
+                    sampling="uniform")  # fmt: skip
     inputs = _to_input(images, architecture.input_size)  # small after pooling: the whole split at once
-    network.train()
-    for _ in tqdm(
-        range(steps), desc=f"attribute classifier ({architecture.name})", disable=not progress, leave=False
-    ):
-        with profiling.section("attributes/data"):
-            index = torch.from_numpy(rng.integers(0, len(inputs), size=min(batch_size, len(inputs))))
-            # Brightness jitter (gain): attributes must not be read off the overall grey level.
-            gain = torch.from_numpy(rng.uniform(0.8, 1.2, size=(len(index), 1, 1, 1)).astype(np.float32))
-            batch = (inputs[index] * gain).clamp(0, 1)
-        with profiling.section("attributes/forward"):
-            logits = network(batch)
-            loss = F.cross_entropy(logits[:, : len(VIEWS)], views[index])
-            loss = loss + F.cross_entropy(logits[:, len(VIEWS) :], phases[index])
-        with profiling.section("attributes/backward"):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    network.eval()
+    fit(network, _Training(records), inputs, budget, seed=seed, progress=progress,
+        desc=f"attribute classifier ({architecture.name})", profile="attributes")  # fmt: skip
+
+
+def phase_free(config):
+    """The recipe's perturbation without what moves the phase cues (scale: cavity size; the elastic
+    field: wall thickness): rotation, shifts and shear, which no real heart's view or phase depends on.
+
+    The classifiers are trained on these, so a rotated or sheared heart is not taken for another view; they
+    are not trained to ignore a shrunken cavity, so a row whose perturbation made an ED mask look like ES
+    is read as ES (which is what the audit must see, and what `generate.perturb.phase_policy` prevents).
+    """
+    from dataclasses import replace
+
+    return replace(config, scale=(1.0, 1.0), elastic_max_displacement=0.0)
 
 
 def perturbed_copies(split: RealSplit, config, copies: int, seed: int) -> tuple[np.ndarray, list[dict]]:

@@ -1,8 +1,8 @@
 """Stage `evaluate`: downstream baselines, with the statistics a claim needs.
 
-For every real-data cap, task, strategy and seed a model is trained (selected on real validation) and
-tested on the real test split; the per-image results are kept so strategies can be compared image by
-image (`synthecho.downstream.study`).
+For every real-data cap, task, strategy and seed a model is trained (selected on real validation, with
+early stopping under a budget equal across strategies) and tested on the real test split; per-image
+results are kept, and strategies are compared patient by patient (`synthecho.downstream.effects`).
 
 1. Tasks: `segmentation` (MONAI U-Net), `phase` and `view` (ResNet-18), `clipseg` (one task per prompt
    level, skipped with a stated reason when no local CLIPSeg weights are configured).
@@ -13,10 +13,14 @@ image (`synthecho.downstream.study`).
    is the capped subset (validation and test are copied unchanged), and train -> generate -> filter run
    there through the stage runner (its `prepare` marker is written here: `prepare` itself would rebuild
    the full split). A changed subset deletes the sub-run and rebuilds it. Cap 1.0 is the run itself.
-3. Each finished (cap, task, strategy, seed) unit is cached in `<run>/downstream/units/` with the hash of
+3. Controls: at each cap, every kept synthetic train row's source frame and mask warped by the row's
+   `mask_transform` (`downstream.warped_split`), for the warped strategies.
+4. Each finished (cap, task, strategy, seed) unit is cached in `<run>/downstream/units/` with the hash of
    its inputs, so an interrupted study resumes.
-4. Outputs: `<run>/downstream/results.json` (everything, per-image included), manifest section
-   `downstream` (summaries and p-values), `reports/downstream.md` (tables), `reports/downstream.png`.
+5. Statistics: per-patient effects of every comparison (descriptive), and the confirmatory family of
+   `evaluate.confirmatory` (tested, Holm).
+6. Outputs: `<run>/downstream/results.json` (everything, per-image and per-patient included), manifest
+   section `downstream` (summaries, effects, the family), `reports/downstream.md`, `reports/downstream.png`.
    With the phantom, segmentation is also scored against its truth (`truth_dice_*`, beside Dice
    against the noisy test labels) and the labels' own Dice to the truth is recorded.
 """
@@ -27,18 +31,18 @@ import shutil
 import time
 from pathlib import Path
 
-from synthecho.downstream import STRATEGIES, corpus_split
+from synthecho.downstream import STRATEGIES, corpora_of, corpus_split, warped_split
+from synthecho.downstream.effects import STATISTICS, aggregate, confirmatory_family
 from synthecho.downstream.report import REPORT_MD, REPORT_PNG, render_chart, render_markdown
 from synthecho.downstream.segmentation import label_noise_dice
 from synthecho.downstream.study import (
-    SYNTHETIC_STRATEGIES,
-    aggregate,
     build_tasks,
     cap_label,
     capped_patients,
     corpus_fingerprint,
     run_task,
     strip_per_image,
+    warped_fingerprint,
 )
 from synthecho.errors import SynthechoError
 from synthecho.io import atomic_path, sha256_file, sha256_json, write_json_atomic, write_text_atomic
@@ -128,6 +132,24 @@ def prepare_cap_run(recipe, run_dir: Path, cap: float, *, force: bool = False, p
     return sub.root
 
 
+def _corpora(recipe, cap_run: Path, needed: set[str]) -> tuple[dict, dict, dict | None]:
+    """The training corpora of one cap: real train, and as the strategies need them the passed synthetic
+    train rows and their warped control; what identifies each; the control's pairing check."""
+    config = recipe.evaluate
+    corpora, fingerprints, pairing = {"real": load_real(cap_run, "train")}, {}, None
+    if needed & {"synthetic", "warped"}:
+        filtered = read_stage_marker(cap_run, "filter") is not None
+        corpora["synthetic"] = corpus_split(cap_run, "train", limit=config.max_synthetic, filtered=filtered)
+        fingerprints["synthetic"] = corpus_fingerprint(cap_run, config.max_synthetic)
+    if "warped" in needed:
+        spec = recipe.generate.perturb  # rows record the elastic grid's rows only; the columns are here
+        cols = spec.elastic_control_points_col
+        grid = {"elastic_control_points_col": cols} if cols not in (None, spec.elastic_control_points) else {}
+        corpora["warped"], pairing = warped_split(corpora["synthetic"], corpora["real"], grid)
+        fingerprints["warped"] = warped_fingerprint(corpora["synthetic"], grid)
+    return corpora, fingerprints, pairing
+
+
 def _string_array(values: list[str]):
     import pyarrow as pa
 
@@ -160,7 +182,7 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     if len(test) == 0 or len(validation) == 0:
         raise SynthechoError(f"{layout.real}: the real validation and test splits must not be empty")
     tasks, skipped_tasks = build_tasks(recipe, validation, test)
-    needs_synthetic = any(s in SYNTHETIC_STRATEGIES for s in strategies)
+    needed = {name for strategy in strategies for name in corpora_of(strategy)}
 
     # 2-3. Caps, largest first (the run's own corpus), then each task's strategies and seeds.
     study = {
@@ -179,6 +201,7 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
             "frames": len(validation),
             "patients": len({r["patient"] for r in validation.records}),
         },
+        "statistics": STATISTICS,
         "caps": {},
     }
     # No runnable task (e.g. only clipseg without weights): nothing to train, so no capped sub-run either.
@@ -186,27 +209,26 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
         cap_run = (
             run_dir if cap >= 1 else prepare_cap_run(recipe, run_dir, cap, force=force, progress=progress)
         )
-        real_train = load_real(cap_run, "train")
-        synthetic, fingerprint = None, None
-        if needs_synthetic and tasks:
-            filtered = read_stage_marker(cap_run, "filter") is not None
-            synthetic = corpus_split(cap_run, "train", limit=config.max_synthetic, filtered=filtered)
-            fingerprint = corpus_fingerprint(cap_run, config.max_synthetic)
+        corpora, fingerprints, pairing = _corpora(recipe, cap_run, needed)
+        real_train = corpora["real"]
+        synthetic = corpora.get("synthetic")
         entry = {
             "cap": cap,
             "run": cap_run.relative_to(run_dir).as_posix() or ".",
             "real_train_patients": len({r["patient"] for r in real_train.records}),
             "real_train_frames": len(real_train),
             "synthetic_train_rows": len(synthetic) if synthetic is not None else 0,
+            **({"warped_pairing": pairing} if pairing else {}),
             "tasks": {},
         }
         for task in tqdm(tasks, desc=f"evaluate {cap_label(cap)}", disable=not progress, leave=False):
             units = run_task(
-                task, strategies, list(config.seeds), real_train, synthetic, fingerprint,
+                task, strategies, list(config.seeds), corpora, fingerprints,
                 units_root / cap_label(cap) / task.name, progress=progress,
             )  # fmt: skip
             entry["tasks"][task.name] = aggregate(task, units, strategies)
         study["caps"][cap_label(cap)] = entry
+    study["confirmatory"] = confirmatory_family(study, config.confirmatory)
 
     # 4-5. Results, report, chart, manifest, marker.
     write_json_atomic(layout.downstream / "results.json", study)

@@ -72,14 +72,25 @@ def attribute_references(recipe, real: dict, progress: bool) -> tuple[object, ob
     import time
 
     from synthecho.plan import perturb_config
-    from synthecho.quality.attributes import ARCHITECTURES, FOLDS, cross_validate, fit_classifier, pooled
+    from synthecho.quality.attributes import (
+        ARCHITECTURES,
+        AUGMENT_COPIES,
+        FOLDS,
+        cross_validate,
+        fit_classifier,
+        phase_free,
+        pooled,
+    )
 
     frames = pooled(real["train"], real["validation"])
     options = {
         "steps": recipe.filter.attribute_steps,
         "progress": progress,
-        "augment": perturb_config(recipe),
+        "augment": phase_free(perturb_config(recipe)),
     }
+    augmentation = (
+        f"{AUGMENT_COPIES} copies of each frame under rotation, shift and shear (no scale, no elastic)"
+    )
     started = time.perf_counter()
     _, filter_cv = cross_validate(
         frames, ARCHITECTURES["filter"], fold_seed=recipe.seed, seed=recipe.seed, **options
@@ -89,6 +100,7 @@ def attribute_references(recipe, real: dict, progress: bool) -> tuple[object, ob
         "model": classifier.architecture.description,
         "input_size": int(min(classifier.architecture.input_size, frames.images.shape[1])),
         "trained_on": frames.split,
+        "augmentation": augmentation,
         "n_train": len(frames),
         "steps": recipe.filter.attribute_steps,
         "seed": recipe.seed,
@@ -102,6 +114,7 @@ def attribute_references(recipe, real: dict, progress: bool) -> tuple[object, ob
     )
     judge_metrics = {
         "model": ARCHITECTURES["judge"].description,
+        "augmentation": augmentation,
         "seed": judge_seed,
         "steps": recipe.filter.attribute_steps,
         "real": judge_cv,
@@ -124,8 +137,8 @@ def copy_references(recipe, run_dir: Path, real: dict) -> tuple[object, float, d
     null = load_copy_null(run_dir)
     if not len(null):
         raise SynthechoError(
-            f"{RunLayout.of(run_dir).copy_null} holds no pairs: re-run `synthecho prepare --force`, or set "
-            f"filter.copy_threshold."
+            f"{RunLayout.of(run_dir).copy_null} holds no pairs (no train/validation record has a "
+            f"same-anatomy frame): the copy check cannot be calibrated or measured; re-run `synthecho prepare --force`."
         )
     images, sources, patients = null_sources(null, real, perturb_config(recipe), recipe.seed)
     every = check.similarity(images, sources)
