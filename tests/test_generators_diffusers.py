@@ -260,3 +260,185 @@ def test_unet_level_checks_name_the_keys():
     sd_config = recipe({"kind": "sd", "unet_channels": [8, 16, 16], "attention": [False] * 3}).generator
     with pytest.raises(SynthechoError, match="latent size 6 is not divisible by 4 .*generator.vae_channels"):
         latent.build_unet(sd_config, 6, 4)
+
+
+# --- class conditioning and synthecho's own sampling loop --------------------------------------------
+
+CLASSES = ["view", "phase"]
+ATTRIBUTES = [{"view": "2CH", "phase": "ED"}, {"view": "4CH", "phase": "ES"}]
+
+
+def pipeline_frames(sampler, prompts, seeds, maps=None, *, steps, guidance_scale, kind="dpmsolver++"):
+    """The diffusers pipeline's frames for the same rows: the reference the own loop must reproduce."""
+    from synthecho.generators.base import make_scheduler, row_noise, step_generators
+
+    pipe = sampler.pipe
+    pipe.scheduler = make_scheduler(kind, sampler.scheduler_config)
+    latent_size = RES // pipe.vae_scale_factor
+    arguments = {
+        "prompt": list(prompts),
+        "height": RES,
+        "width": RES,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance_scale,
+        "latents": row_noise(seeds, (pipe.unet.config.in_channels, latent_size, latent_size)),
+        "generator": step_generators(seeds),
+        "output_type": "np",
+    }
+    if maps is not None:
+        arguments["image"] = torch.from_numpy(lab.one_hot(maps, lab.NUM_CONDITION_CLASSES))
+    frames = sampler.gray(pipe(**arguments).images)
+    if maps is not None:
+        frames[maps == lab.OUTSIDE_SECTOR] = 0
+    return frames
+
+
+@pytest.fixture(scope="module")
+def controlnet_folder(real, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("controlnet")
+    controlnet.train(recipe({"kind": "controlnet", **LATENT, "base_steps": 2}), real, folder, progress=False)
+    return folder
+
+
+@pytest.mark.parametrize("kind,guidance", [("dpmsolver++", 1.0), ("ddpm", 2.5)])  # ddpm: step noise too
+def test_own_loop_gives_the_pipelines_frames(controlnet_folder, real, kind, guidance):
+    """Positive control of the loop that class labels need: without classes it is the pipeline, exactly."""
+    sampler = controlnet.load(controlnet_folder)
+    maps = condition_maps(real.subset([0, 1]))
+    ours = sampler.sample(maps, PROMPTS, [3, 9], sampler=kind, steps=3, guidance_scale=guidance)
+    theirs = pipeline_frames(sampler, PROMPTS, [3, 9], maps, steps=3, guidance_scale=guidance, kind=kind)
+    assert np.array_equal(ours.images, theirs)
+    # the check fires: other seeds are other frames
+    assert not np.array_equal(ours.images, pipeline_frames(sampler, PROMPTS, [4, 9], maps, steps=3,
+                                                           guidance_scale=guidance, kind=kind))  # fmt: skip
+    assert sampler.conditioned_on == ("label_map", "view", "phase", "sex", "age", "image_quality")
+
+
+def test_class_conditioned_sd_follows_the_class(real, tmp_path):
+    generator = {"kind": "sd", **LATENT, "class_attributes": CLASSES}
+    sd.train(recipe(generator, learning_rate=0.05), real, tmp_path, progress=False)
+    sampler = sd.load(tmp_path)
+    assert sampler.pipe.unet.config.num_class_embeds == 5  # 4 classes and the null class
+    assert float(sampler.pipe.unet.class_embedding.weight.detach().abs().sum()) > 0  # trained away from zero
+    same_prompts = [PROMPTS[0]] * 2
+    a = sampler.sample(None, same_prompts, [5, 6], steps=2, attributes=ATTRIBUTES)
+    b = sampler.sample(None, same_prompts, [5, 6], steps=2, attributes=ATTRIBUTES[::-1])
+    again = sd.load(tmp_path).sample(None, same_prompts, [5, 6], steps=2, attributes=ATTRIBUTES)
+    assert np.array_equal(a.images, again.images) and not np.array_equal(a.images, b.images)
+    # guided: the unconditional branch (null class, "") runs; a row still depends on its own inputs only
+    guided = sampler.sample(None, same_prompts, [5, 6], steps=2, guidance_scale=3.0, attributes=ATTRIBUTES)
+    alone = sampler.sample(
+        None, same_prompts[:1], [5], steps=2, guidance_scale=3.0, attributes=ATTRIBUTES[:1]
+    )
+    assert np.array_equal(guided.images[0], alone.images[0])
+    with pytest.raises(SynthechoError, match="class embedding of \\['view', 'phase'\\].*attributes"):
+        sampler.sample(None, same_prompts, [5, 6], steps=2)
+
+
+def test_class_conditioned_controlnet_follows_the_class(real, tmp_path):
+    generator = {"kind": "controlnet", **LATENT, "base_steps": 2, "class_attributes": CLASSES}
+    controlnet.train(recipe(generator, learning_rate=0.05), real, tmp_path, progress=False)
+    sampler = controlnet.load(tmp_path)
+    # from config: the base UNet trained its embedding, from_unet copied it into the ControlNet
+    assert sampler.pipe.unet.config.num_class_embeds == sampler.pipe.controlnet.config.num_class_embeds == 5
+    maps = condition_maps(real.subset([0, 0]))  # one map and one prompt: only the class differs
+    a = sampler.sample(maps, [PROMPTS[0]] * 2, [7, 7], steps=2, attributes=ATTRIBUTES)
+    b = sampler.sample(maps, [PROMPTS[0]] * 2, [7, 7], steps=2, attributes=ATTRIBUTES[:1] * 2)
+    assert np.array_equal(a.images[0], b.images[0]) and not np.array_equal(a.images[1], b.images[1])
+    assert (a.images[maps == lab.OUTSIDE_SECTOR] == 0).all()
+
+
+def test_a_new_class_embedding_reproduces_the_base(tiny_base):
+    """Zero-initialised: a pretrained UNet and a ControlNet copied from it answer as before, every class."""
+    from diffusers import UNet2DConditionModel
+
+    from synthecho.generators.base import AttributeClasses
+
+    classes = AttributeClasses(tuple(CLASSES))
+    base = UNet2DConditionModel.from_pretrained(tiny_base / "unet").eval()
+    unet = latent.add_class_embedding(
+        UNet2DConditionModel.from_pretrained(tiny_base / "unet"), classes
+    ).eval()
+    torch.manual_seed(0)
+    x, hidden = torch.randn(5, 4, 8, 8), torch.randn(5, 7, 32)
+    t, labels = torch.tensor([1, 200, 400, 600, 999]), torch.arange(5)  # 4 classes and the null class
+    with torch.no_grad():
+        expected = base(x, t, encoder_hidden_states=hidden).sample
+        assert torch.equal(unet(x, t, encoder_hidden_states=hidden, class_labels=labels).sample, expected)
+        unet.class_embedding.weight.add_(0.1)  # positive control: a non-zero embedding changes the output
+        assert not torch.allclose(
+            unet(x, t, encoder_hidden_states=hidden, class_labels=labels).sample, expected
+        )
+    config = recipe({"kind": "controlnet"}).generator
+    plain = controlnet.build_controlnet(config, base, 2).eval()
+    net = latent.add_class_embedding(controlnet.build_controlnet(config, base, 2), classes).eval()
+    control = torch.rand(5, lab.NUM_CONDITION_CLASSES, 16, 16)
+    with torch.no_grad():
+        want = plain(x, t, encoder_hidden_states=hidden, controlnet_cond=control, return_dict=False)
+        got = net(x, t, encoder_hidden_states=hidden, controlnet_cond=control, class_labels=labels,
+                  return_dict=False)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip([*want[0], want[1]], [*got[0], got[1]], strict=True))
+    with pytest.raises(SynthechoError, match="already has a class embedding"):
+        latent.add_class_embedding(unet, AttributeClasses(("view",)))
+
+
+def test_a_from_config_class_embedding_is_seeded_and_leaves_the_global_rng_alone():
+    """From config the embedding starts random (norm ~1 per class) from its own seed: the same every time,
+    and every other weight, and the global RNG after it, as without classes."""
+    config = recipe({"kind": "sd", **LATENT}).generator
+    torch.manual_seed(0)
+    plain = latent.build_unet(config, 8, 4)
+    after_plain = torch.random.get_rng_state()
+    built = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        built.append(
+            latent.add_class_embedding(latent.build_unet(config, 8, 4), latent.classes_of(CLASSES), 3)
+        )
+        assert torch.equal(torch.random.get_rng_state(), after_plain)
+    weights = [unet.state_dict() for unet in built]
+    assert weights[0].keys() - plain.state_dict().keys() == {"class_embedding.weight"}
+    assert all(torch.equal(weights[1][k], v) for k, v in weights[0].items())
+    assert all(torch.equal(weights[0][k], v) for k, v in plain.state_dict().items())
+    norms = weights[0]["class_embedding.weight"].norm(dim=1)
+    assert norms.shape == (5,) and bool(((norms > 0.5) & (norms < 2)).all())
+
+
+def test_class_alone_fraction_leaves_room_for_the_prompt():
+    with pytest.raises(SynthechoError, match="class_alone_fraction"):
+        recipe(
+            {"kind": "sd", "class_attributes": CLASSES, "prompt_dropout": 0.5, "class_alone_fraction": 0.6}
+        )
+    recipe({"kind": "sd", "prompt_dropout": 0.5, "class_alone_fraction": 0.6})  # unused without classes
+
+
+@pytest.mark.parametrize("kind", ["sd", "controlnet"])
+def test_fine_tuning_with_classes_starts_from_the_base(real, tiny_base, tmp_path, kind):
+    """The fine-tune path with class_attributes, trained with learning rate 0: its saved folder, sampled
+    with class labels through the own loop, gives exactly the base pipeline's frames."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+
+    generator = {"kind": kind, "base_model": str(tiny_base), "class_attributes": CLASSES}
+    get_generator(kind).train(recipe(generator, learning_rate=0.0), real, tmp_path, progress=False)
+    sampler = get_generator(kind).load(tmp_path)
+    part = sampler.pipe.unet if kind == "sd" else sampler.pipe.controlnet
+    assert part.config.num_class_embeds == 5 and float(part.class_embedding.weight.detach().abs().sum()) == 0
+    if kind == "sd":
+        assert sampler.conditioned_on == ("view", "phase", "sex", "age", "image_quality")
+        base = StableDiffusionPipeline.from_pretrained(tiny_base, local_files_only=True)
+        maps = None
+    else:
+        assert sampler.pipe.unet.class_embedding is None  # the frozen base UNet has none
+        base = StableDiffusionControlNetPipeline.from_pretrained(
+            tiny_base,
+            controlnet=ControlNetModel.from_pretrained(tmp_path / "controlnet"),
+            local_files_only=True,
+        )
+        base.controlnet.class_embedding = None  # what from_unet made before the zero embedding was added
+        maps = condition_maps(real.subset([0, 1]))
+    base.scheduler = sampler.pipe.scheduler
+    base.set_progress_bar_config(disable=True)
+    ours = sampler.sample(maps, PROMPTS, [1, 2], steps=2, guidance_scale=2.0, attributes=ATTRIBUTES)
+    reference = type(sampler)(base, RES, "cpu", torch.float32)  # no classes: the base as it was
+    theirs = pipeline_frames(reference, PROMPTS, [1, 2], maps, steps=2, guidance_scale=2.0)
+    assert np.array_equal(ours.images, theirs)

@@ -9,7 +9,8 @@ and `get_generator(kind)` finds the module for a recipe's `generator.kind`.
 
 The four generator modules (sdm, ddpm, sd, controlnet) are siblings: what they share is in `base`
 (the Sampler protocol, descriptor, folder swap, seeds, pixel-space UNet helpers); `latent` holds the
-latent-diffusion machinery of sd and controlnet, `text` their bundled MiniLM text encoder.
+latent-diffusion machinery of sd and controlnet (`latent_sampler` their sampling loop), `text` their
+bundled MiniLM text encoder.
 """
 
 from __future__ import annotations

@@ -12,6 +12,13 @@
   copies a trained encoder, so the ControlNet starts from useful features instead of noise; (3) each
   phase resumes from its own checkpoints (checkpoints/vae, checkpoints/unet, checkpoints/controlnet).
 
+Class conditioning (`class_attributes`, e.g. [view, phase]): the label map outlines LV, MYO and LA only,
+so it does not say whether a right heart belongs in the frame (4CH) or not (2CH), and the prompt's one word
+for it was followed on 0.86 of the rows. From config, the base UNet gets a (seeded random) class embedding
+that it trains with in phase 2, and `from_unet` copies it into the ControlNet; fine-tuning, only the
+ControlNet gets one (zero-initialised: step 0 reproduces the frozen base), since the base UNet is frozen.
+Both phases train `class_alone_fraction` of the samples on the class without the prompt.
+
 The conditioning embedding downsamples the one-hot map by 2^(len(conditioning_embedding_out_channels)-1),
 which must equal the VAE's factor so the control features line up with the latents (SD: factor 8,
 (16, 32, 96, 256); the default from-config VAE (32, 64): factor 2, (16, 32)).
@@ -46,6 +53,7 @@ from synthecho.generators.base import (
     condition_maps,
     grid_reference,
 )
+from synthecho.generators.latent_sampler import LatentSampler
 
 KIND = "controlnet"
 SD_CONDITIONING_CHANNELS = (16, 32, 96, 256)  # the ControlNet paper's embedding for SD's factor-8 VAE
@@ -87,18 +95,21 @@ def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> ControlN
     """Load a saved `controlnet` folder (a StableDiffusionControlNetPipeline) as a Sampler."""
     pipe, described, torch_dtype = latent.load_pipeline(generator_dir, KIND, dtype, controlnet=True)
     scale = float(described["config"].get("conditioning_scale", 1.0))
-    return ControlNetSampler(pipe, int(described["resolution"]), device, torch_dtype, scale)
+    return ControlNetSampler(
+        pipe, int(described["resolution"]), device, torch_dtype, described["config"], scale
+    )
 
 
-class ControlNetSampler(latent.LatentSampler):
-    """Sampler protocol: label maps + prompts in, frames out; the conditioning maps are the masks."""
+class ControlNetSampler(LatentSampler):
+    """Sampler protocol: label maps + prompts (+ attributes) in, frames out; the conditioning maps are the
+    masks."""
 
     kind = KIND
     mask_source = "conditioning"
-    conditioned_on = ("label_map", *latent.LatentSampler.conditioned_on)
+    leading_conditions = ("label_map",)
 
-    def __init__(self, pipe, resolution: int, device: str, dtype, conditioning_scale: float = 1.0):
-        super().__init__(pipe, resolution, device, dtype)
+    def __init__(self, pipe, resolution: int, device: str, dtype, config=None, conditioning_scale=1.0):
+        super().__init__(pipe, resolution, device, dtype, config)
         self.conditioning_scale = conditioning_scale
 
     @torch.inference_mode()
@@ -111,18 +122,15 @@ class ControlNetSampler(latent.LatentSampler):
         sampler: str = "dpmsolver++",
         steps: int = 20,
         guidance_scale: float = 1.0,
-        attributes: list[dict] | None = None,  # the prompt already carries them
+        attributes: list[dict] | None = None,  # the class inputs, with generator.class_attributes
     ) -> SampleBatch:
-        """(B, H, W) 5-class maps + prompts + seeds -> (B, H, W) uint8 frames, 0 outside the sector."""
+        """(B, H, W) 5-class maps + prompts + seeds (+ attributes) -> (B, H, W) uint8 frames, 0 outside
+        the sector."""
         labels = check_label_maps(labels, seeds, self.resolution, KIND)
-        count = len(labels)
-        if count == 0:
-            return SampleBatch(np.zeros((0, self.resolution, self.resolution), np.uint8), None)
-        arguments = self.arguments(prompts, seeds, sampler, steps, guidance_scale)
-        control = torch.from_numpy(lab.one_hot(labels, lab.NUM_CONDITION_CLASSES))
-        arguments["image"] = control.to(self.device, self.dtype)
-        arguments["controlnet_conditioning_scale"] = self.conditioning_scale
-        frames = self.gray(self.pipe(**arguments).images)
+        control = torch.from_numpy(lab.one_hot(labels, lab.NUM_CONDITION_CLASSES)).to(self.device, self.dtype)
+        frames = self.denoise(
+            prompts, seeds, sampler, steps, guidance_scale, attributes, control, self.conditioning_scale
+        )
         frames[labels == lab.OUTSIDE_SECTOR] = 0
         return SampleBatch(images=frames, masks=None)
 
@@ -130,9 +138,10 @@ class ControlNetSampler(latent.LatentSampler):
 def _sample_grid(sampler: ControlNetSampler, reference, picks, path: Path, steps: int) -> None:
     from synthecho.grids import colorize_condition, save_grid
 
-    maps = condition_maps(reference.subset(picks))
-    prompts = [reference.records[i]["prompt"] for i in picks]
-    generated = sampler.sample(maps, prompts, list(range(len(picks))), steps=steps)
+    subset = reference.subset(picks)
+    maps = condition_maps(subset)
+    prompts = [record["prompt"] for record in subset.records]
+    generated = sampler.sample(maps, prompts, list(range(len(picks))), steps=steps, attributes=subset.records)
     rows = [
         [colorize_condition(maps[row]), generated.images[row], reference.images[i]]
         for row, i in enumerate(picks)
@@ -150,8 +159,10 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
 
     # 1. Base: pretrained and frozen, or from config (VAE, then text-to-image UNet trained for base_steps).
     parts, parts_info = latent.components(recipe, real_train, out_dir, progress)
+    classes = latent.classes_of(config.class_attributes)
     base_losses = []
     if not config.base_model:
+        latent.add_class_embedding(parts["unet"], classes, seed=recipe.seed + 3)
         base = latent.train_denoiser(
             recipe,
             parts,
@@ -168,7 +179,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     # 2. ControlNet from the (now frozen) base UNet, trained on (frame, prompt, label map) triplets.
     factor = latent.vae_factor(parts["vae"])
     torch.manual_seed(recipe.seed + 2)
-    controlnet = build_controlnet(config, parts["unet"], factor)
+    controlnet = latent.add_class_embedding(build_controlnet(config, parts["unet"], factor), classes)
     info = latent.train_denoiser(
         recipe,
         parts,

@@ -14,6 +14,17 @@ way out, so a pretrained RGB VAE works unchanged. Prompt dropout: a training pro
 probability `prompt_dropout`, which is exactly the unconditional branch the pipeline uses for
 classifier-free guidance (its default negative prompt is "").
 
+Class conditioning (`generator.class_attributes`, e.g. [view, phase]): the prompt names view and phase in
+one word each among ~30 tokens, and a small text-conditioned model follows them only partly (ControlNet
+from config: 0.86 view agreement). The class index (`base.AttributeClasses`) is also looked up in an
+embedding added to the time embedding (diffusers' `num_class_embeds`) of the UNet and of a ControlNet, a
+global signal every residual block sees. Training conditions a sample on prompt and class, on neither
+(`prompt_dropout`: the unconditional branch of guidance, with the null class) or on the class alone
+(`class_alone_fraction`): prompt and class always agree, so without class-alone samples the model is free
+to ignore the class, and did (flipping it changed no frame's view). A new embedding on a pretrained base
+starts at zero, so step 0 reproduces the base exactly; from config it starts random (seeded). The diffusers
+pipelines pass no class labels, so sampling runs synthecho's own loop (`synthecho.generators.latent_sampler`).
+
 Both generators save a complete diffusers pipeline (model_index.json, vae/, text_encoder/, tokenizer/,
 unet/, scheduler/ = the training noise schedule, safetensors; controlnet adds controlnet/), then
 synthecho_generator.json last; checkpoints/<part>/ hold each trained part's resume state.
@@ -33,22 +44,18 @@ from synthecho import labels as lab
 from synthecho.errors import SynthechoError
 from synthecho.generators.base import (
     DESCRIPTOR_FILE,
-    check_sampling,
+    AttributeClasses,
     check_unet_levels,
     checkpoint_fingerprint,
     condition_maps,
     dtype_keyword,
     loss_target,
-    make_scheduler,
     norm_groups,
     plain_config,
     read_descriptor,
     replace_folder,
-    resolve_device,
     resolve_dtype,
-    row_noise,
     signed_frames,
-    step_generators,
     write_descriptor,
 )
 from synthecho.generators.text import load_text_encoder, tokenize
@@ -148,6 +155,53 @@ def build_unet(config, latent_size: int, latent_channels: int):
         attention_head_dim=config.attention_heads,  # diffusers: this is the NUMBER of heads
         norm_num_groups=norm_groups(channels),
     )
+
+
+# --- class conditioning ------------------------------------------------------------------------------
+
+
+def classes_of(class_attributes) -> AttributeClasses | None:
+    """The classes of `generator.class_attributes` (None when empty: the prompt is the only condition)."""
+    return AttributeClasses(tuple(class_attributes)) if class_attributes else None
+
+
+def add_class_embedding(model, classes: AttributeClasses | None, seed: int | None = None):
+    """Give a UNet2DConditionModel or ControlNetModel a class embedding of `classes`.
+
+    `seed` None (a pretrained model): zero, so the output is unchanged until training moves it (step 0
+    reproduces the base). A seed (from config): a random vector of norm ~1 per class (the time embedding's
+    norm is 3-8), so training reads distinct classes from step 0 instead of first growing them from zero.
+    Either way the global RNG is not drawn from: every other weight is what it would be without classes.
+    A model that already has one (a ControlNet copied from a class-conditioned UNet) keeps it.
+    """
+    if classes is None:
+        return model
+    if model.class_embedding is not None:
+        if model.config.class_embed_type is not None or model.config.num_class_embeds != classes.embeddings:
+            raise SynthechoError(
+                f"the {type(model).__name__} of the base already has a class embedding (type "
+                f"{model.config.class_embed_type}, {model.config.num_class_embeds} rows), not the "
+                f"{classes.embeddings} rows (with the null class) of generator.class_attributes "
+                f"{list(classes.attributes)}: use a base without one, or the class_attributes it was trained with."
+            )
+        return model
+    linear = model.time_embedding.linear_2
+    shape = (classes.embeddings, linear.out_features)
+    if seed is None:
+        weight = torch.zeros(shape)
+    else:
+        weight = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) / shape[1] ** 0.5
+    # Given its weight, nn.Embedding skips its own (global-RNG) initialisation.
+    model.class_embedding = torch.nn.Embedding(
+        *shape, _weight=weight.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    )
+    model.register_to_config(num_class_embeds=classes.embeddings)  # saved, so from_pretrained rebuilds it
+    return model
+
+
+def class_keywords(model, class_labels) -> dict:
+    """`class_labels=` for a model with a class embedding (diffusers raises without them), else nothing."""
+    return {} if model.class_embedding is None else {"class_labels": class_labels}
 
 
 def vae_factor(vae) -> int:
@@ -275,6 +329,8 @@ def train_denoiser(
     vae, text_encoder, unet = parts["vae"], parts["text_encoder"], parts["unet"]
     frames = real_train.images
     prompts = [record["prompt"] for record in real_train.records]
+    classes = classes_of(config.class_attributes)
+    indices = classes.indices(real_train.records) if classes else None
     maps = condition_maps(real_train) if controlnet is not None else None
     noise_schedule = DDPMScheduler.from_config(parts["scheduler_config"])
     total = noise_schedule.config.num_train_timesteps
@@ -285,9 +341,15 @@ def train_denoiser(
 
     def sample_batch(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         picks = rng.integers(0, len(frames), size=batch_size)
-        # Each prompt replaced by "" with probability prompt_dropout (the guidance's unconditional branch).
-        texts = ["" if rng.random() < config.prompt_dropout else prompts[i] for i in picks]
+        # One draw per sample: below prompt_dropout prompt "" and the null class (the guidance's
+        # unconditional branch); then, with classes, class_alone_fraction more with prompt "" only.
+        draws = np.array([rng.random() for _ in picks])
+        no_prompt = draws < config.prompt_dropout + (config.class_alone_fraction if classes else 0.0)
+        texts = ["" if drop else prompts[i] for i, drop in zip(picks, no_prompt, strict=True)]
         batch = {"pixels": pixels(frames[picks]), "input_ids": tokenize(parts["tokenizer"], texts)}
+        if indices is not None:
+            no_class = draws < config.prompt_dropout
+            batch["classes"] = torch.from_numpy(np.where(no_class, classes.null, indices[picks]))
         if maps is not None:
             batch["condition"] = torch.from_numpy(lab.one_hot(maps[picks], lab.NUM_CONDITION_CLASSES))
         return batch
@@ -316,13 +378,16 @@ def train_denoiser(
             noise = torch.randn_like(latents)
             t = torch.randint(0, total, (latents.shape[0],), device=device, dtype=torch.long)
             noisy = noise_schedule.add_noise(latents.float(), noise.float(), t)
+            # `model` is the trained part as train_loop prepared it; the keywords come from the bare modules.
+            unet_keywords = class_keywords(unet, batch.get("classes"))
             if controlnet is None:
-                prediction = model(noisy, t, encoder_hidden_states=hidden).sample
+                prediction = model(noisy, t, encoder_hidden_states=hidden, **unet_keywords).sample
             else:
                 control = {"controlnet_cond": batch["condition"], "return_dict": False}
+                control |= class_keywords(controlnet, batch.get("classes"))
                 down, mid = model(noisy, t, encoder_hidden_states=hidden, **control)
                 residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-                prediction = unet(noisy, t, encoder_hidden_states=hidden, **residuals).sample
+                prediction = unet(noisy, t, encoder_hidden_states=hidden, **residuals, **unet_keywords).sample
         return F.mse_loss(prediction.float(), loss_target(noise_schedule, latents, noise, t).float())
 
     trained = controlnet if controlnet is not None else unet
@@ -407,51 +472,3 @@ def load_pipeline(generator_dir: str | Path, kind: str, dtype, controlnet: bool 
         generator_dir, local_files_only=True, **extra, **dtype_keyword(torch_dtype)
     )
     return pipe, described, torch_dtype
-
-
-# --- sampling ----------------------------------------------------------------------------------------
-
-
-class LatentSampler:
-    """Shared by sd and controlnet: scheduler by name, per-row latents and step noise, gray output."""
-
-    uses_prompt = True
-    kind: str
-    # The image-level prompt names view, phase, sex, age and image quality (synthecho.prompts.image_prompt).
-    conditioned_on: tuple[str, ...] = ("view", "phase", "sex", "age", "image_quality")
-
-    def __init__(self, pipe, resolution: int, device: str, dtype):
-        device = resolve_device(device)
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(device)
-        self.scheduler_config = plain_config(pipe.scheduler.config)
-        self.resolution = resolution
-        self.device = device
-        self.dtype = dtype
-
-    def arguments(self, prompts, seeds, sampler: str, steps: int, guidance_scale: float) -> dict:
-        """The pipeline's call keywords for one batch (a clear error unless one prompt and seed per row)."""
-        if seeds is None or prompts is None or len(prompts) != len(seeds):
-            raise SynthechoError(f"{self.kind}.sample needs one prompt and one seed per row")
-        check_sampling(sampler, steps)
-        self.pipe.scheduler = make_scheduler(sampler, self.scheduler_config)
-        factor = self.pipe.vae_scale_factor
-        shape = (self.pipe.unet.config.in_channels, self.resolution // factor, self.resolution // factor)
-        return {
-            "prompt": list(prompts),
-            "height": self.resolution,
-            "width": self.resolution,
-            "num_inference_steps": steps,
-            "guidance_scale": guidance_scale,
-            # Each row's starting latents and step noise come from its own seed only.
-            "latents": row_noise(seeds, shape, device=self.device, dtype=self.dtype),
-            "generator": step_generators(seeds),
-            "output_type": "np",
-        }
-
-    @staticmethod
-    def gray(images: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) float [0, 1] -> (B, H, W) uint8: the average of the three channels."""
-        return (
-            (np.asarray(images, dtype=np.float32).mean(axis=-1) * 255).round().clip(0, 255).astype(np.uint8)
-        )

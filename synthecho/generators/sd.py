@@ -6,6 +6,9 @@ The components come from `generator.base_model` (synthecho.generators.latent):
 - **From config** (`base_model: null`, offline): a small VAE trained first, then a small UNet with
   cross-attention on the bundled MiniLM text encoder.
 Prompt dropout (`prompt_dropout`) trains the unconditional branch that classifier-free guidance uses.
+`class_attributes` (e.g. [view, phase]) adds a class embedding to the UNet (zero-initialised on a pretrained
+one), trained with it (`class_alone_fraction` of the samples on the class without the prompt); sampling then
+needs each row's attributes (synthecho.generators.latent_sampler).
 
 Saved folder (`out_dir`):
     model_index.json, vae/, text_encoder/, tokenizer/, unet/, scheduler/
@@ -27,6 +30,7 @@ import torch
 from synthecho.errors import SynthechoError
 from synthecho.generators import latent
 from synthecho.generators.base import SampleBatch, check_real_split, grid_reference
+from synthecho.generators.latent_sampler import LatentSampler
 
 KIND = "sd"
 
@@ -34,10 +38,10 @@ KIND = "sd"
 def load(generator_dir: str | Path, device: str = "cpu", dtype=None) -> SdSampler:
     """Load a saved `sd` folder (a StableDiffusionPipeline) as a Sampler."""
     pipe, described, torch_dtype = latent.load_pipeline(generator_dir, KIND, dtype)
-    return SdSampler(pipe, int(described["resolution"]), device, torch_dtype)
+    return SdSampler(pipe, int(described["resolution"]), device, torch_dtype, described["config"])
 
 
-class SdSampler(latent.LatentSampler):
+class SdSampler(LatentSampler):
     """Sampler protocol: image-level prompts in, frames out (the segmenter labels them)."""
 
     kind = KIND
@@ -53,20 +57,19 @@ class SdSampler(latent.LatentSampler):
         sampler: str = "dpmsolver++",
         steps: int = 20,
         guidance_scale: float = 1.0,
-        attributes: list[dict] | None = None,  # the prompt already carries them
+        attributes: list[dict] | None = None,  # the class inputs, with generator.class_attributes
     ) -> SampleBatch:
-        """(B, H, W) uint8 frames for B prompts; `labels` is ignored (text-only conditioning)."""
-        if seeds is not None and len(seeds) == 0:
-            return SampleBatch(np.zeros((0, self.resolution, self.resolution), np.uint8), None)
-        arguments = self.arguments(prompts, seeds, sampler, steps, guidance_scale)
-        return SampleBatch(images=self.gray(self.pipe(**arguments).images), masks=None)
+        """(B, H, W) uint8 frames for B prompts (+ attributes); `labels` is ignored (no label map)."""
+        frames = self.denoise(prompts, seeds, sampler, steps, guidance_scale, attributes)
+        return SampleBatch(images=frames, masks=None)
 
 
 def _sample_grid(sampler: SdSampler, reference, picks, path: Path, steps: int) -> None:
     from synthecho.grids import save_grid
 
-    prompts = [reference.records[i]["prompt"] for i in picks]
-    generated = sampler.sample(None, prompts, list(range(len(picks))), steps=steps)
+    records = [reference.records[i] for i in picks]
+    prompts = [record["prompt"] for record in records]
+    generated = sampler.sample(None, prompts, list(range(len(picks))), steps=steps, attributes=records)
     rows = [[generated.images[row], reference.images[i]] for row, i in enumerate(picks)]
     save_grid(rows, path, labels=["generated (real's prompt)", "real"])
 
@@ -81,8 +84,11 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
     out_dir = Path(out_dir)
     resolution = check_real_split(real_train, "train")
 
-    # 1. Base parts (pretrained, or from config with the VAE trained first), 2. the UNet trained.
+    # 1. Base parts (pretrained, or from config with the VAE trained first), 2. the UNet trained, with a
+    #    class embedding when class_attributes are set (zero on a pretrained UNet, seeded from config).
     parts, parts_info = latent.components(recipe, real_train, out_dir, progress)
+    seed = None if config.base_model else recipe.seed + 3
+    latent.add_class_embedding(parts["unet"], latent.classes_of(config.class_attributes), seed)
     info = latent.train_denoiser(
         recipe, parts, real_train, out_dir, steps=recipe.train.steps, name="unet", progress=progress
     )
