@@ -47,7 +47,11 @@ def test_import_contracts_are_kept():
 @pytest.mark.parametrize(
     ("module", "injected", "contract"),
     [
-        ("stages/filter.py", "from synthecho.stages import generate  # noqa", "stage modules are independent"),
+        (
+            "stages/filter.py",
+            "from synthecho.stages import generate  # noqa",
+            "stage modules are independent",
+        ),
         ("quality/scores.py", "import synthecho.stages.build  # noqa", "layers"),
         ("io.py", "import synthecho.generators  # noqa", "layers"),
     ],
@@ -159,5 +163,7 @@ def test_the_card_prose_lives_in_the_template():
 
 def test_the_prose_check_fires(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text('n = 3\ntext = f"The corpus holds {n} rows that passed the filter."\nshort = f"{n} rows"\n')
+    sample.write_text(
+        'n = 3\ntext = f"The corpus holds {n} rows that passed the filter."\nshort = f"{n} rows"\n'
+    )
     assert len(prose_fstrings(sample)) == 1

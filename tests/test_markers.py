@@ -53,7 +53,8 @@ def marker_files(run: Path) -> dict[str, list[Path]]:
     return {
         "stage": sorted(run.rglob("stages/*.json")),
         "shard": sorted(run.rglob(".markers/*.json")),
-        "model": sorted(run.rglob("generator/.complete.json")) + sorted(run.rglob("segmenter/.complete.json")),
+        "model": sorted(run.rglob("generator/.complete.json"))
+        + sorted(run.rglob("segmenter/.complete.json")),
         "source": sorted(run.rglob("source/*/.complete.json")),
         "cap": sorted(run.rglob("caps/*/cap.json")),
         "unit": sorted((run / "downstream" / "units").rglob("*.json")),
@@ -73,12 +74,22 @@ def test_every_marker_of_a_run_has_the_one_schema(tmp_path):
         for path in paths:
             marker = read_marker(path)
             assert marker is not None, path
-            assert set(marker) == {"schema", "kind", "name", "input_hash", "seconds", "finished_at", "info"}, path
+            assert set(marker) == {
+                "schema",
+                "kind",
+                "name",
+                "input_hash",
+                "seconds",
+                "finished_at",
+                "info",
+            }, path
             assert marker["schema"] == SCHEMA and marker["kind"] == kind, path
     stages = {read_marker(path)["name"] for path in found["stage"] if path.parent.parent == run}
     assert stages == {"prepare", "train", "generate", "filter", "evaluate", "card"}
     # The capped sub-run is a run of its own, with its own stage markers.
     assert {read_marker(p)["name"] for p in found["stage"] if "caps" in p.parts} >= {"train", "filter"}
     # No other "finished" idiom is left anywhere in the run.
-    leftovers = [p for p in run.rglob("*") if p.name.endswith((".hash", ".done.json")) or p.name == ".complete"]
+    leftovers = [
+        p for p in run.rglob("*") if p.name.endswith((".hash", ".done.json")) or p.name == ".complete"
+    ]
     assert leftovers == []

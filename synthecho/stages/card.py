@@ -18,7 +18,9 @@ from synthecho.manifest import dataset_section, published_rows, require_manifest
 
 def outputs_current(recipe, run_dir: Path) -> bool:
     readme = RunLayout.of(run_dir).card
-    return readme.is_file() and readme.read_text(encoding="utf-8") == render_card(require_manifest(run_dir, "rendering the card"))
+    return readme.is_file() and readme.read_text(encoding="utf-8") == render_card(
+        require_manifest(run_dir, "rendering the card")
+    )
 
 
 def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
