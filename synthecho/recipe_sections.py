@@ -110,7 +110,7 @@ class AugmentationConfig(Section):
         return value
 
 
-# synthecho.downstream.STRATEGIES; the warped ones are the row-paired controls of the synthetic ones.
+# The downstream strategies, in report order (synthecho.downstream.STRATEGIES); the warped ones are the row-paired controls of the synthetic ones.
 Strategy = Literal[
     "real",
     "synthetic",

@@ -21,23 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
 from synthecho.errors import SynthechoError
 from synthecho.layout import RunLayout
 from synthecho.real import RealSplit
+from synthecho.recipe_sections import Strategy
 
-# Report order: each synthetic strategy beside its control; a pretrained model's base trains first.
-STRATEGIES = (
-    "real",
-    "synthetic",
-    "warped",
-    "pretrain_finetune",
-    "warped_pretrain_finetune",
-    "real_plus_synthetic",
-    "real_plus_warped",
-)
+# Report order (the recipe's `Strategy` names, in order): each synthetic strategy beside its control; a
+# pretrained model's base trains first.
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 CONTROLS = {"synthetic": "warped", "pretrain_finetune": "warped_pretrain_finetune", "real_plus_synthetic": "real_plus_warped"}  # fmt: skip
 PRETRAINED_ON = {"pretrain_finetune": "synthetic", "warped_pretrain_finetune": "warped"}  # fine-tuned on real
 # The corpora each strategy trains on (a fine-tuned strategy: those of its last fit, real).

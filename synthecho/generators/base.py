@@ -108,6 +108,15 @@ class AttributeClasses:
     def indices(self, rows: list[dict]) -> np.ndarray:
         return np.array([self.index(row) for row in rows], dtype=np.int64)
 
+    def sampling_indices(self, attributes: list[dict] | None, count: int, kind: str) -> np.ndarray:
+        """The class of each of `count` rows to sample; a clear error unless one attributes dict per row."""
+        if attributes is None or len(attributes) != count:
+            raise SynthechoError(
+                f"this {kind} generator has a class embedding of {list(self.attributes)}: sample() needs "
+                f"one attributes dict per row (generate passes the plan's)"
+            )
+        return self.indices(attributes)
+
     def names(self) -> list[str]:
         """Class names in index order, e.g. ["2CH-ED", "2CH-ES", "4CH-ED", "4CH-ES"]."""
         import itertools

@@ -63,12 +63,7 @@ class LatentSampler:
         """(B,) class indices of the rows' attributes, or None when the model has no class embedding."""
         if self.classes is None:
             return None
-        if attributes is None or len(attributes) != count:
-            raise SynthechoError(
-                f"this {self.kind} generator has a class embedding of {list(self.classes.attributes)}: sample() "
-                f"needs one attributes dict per row besides its prompt (generate passes the plan's)"
-            )
-        return torch.from_numpy(self.classes.indices(attributes)).to(self.device)
+        return torch.from_numpy(self.classes.sampling_indices(attributes, count, self.kind)).to(self.device)
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         ids = tokenize(self.pipe.tokenizer, list(prompts))

@@ -244,16 +244,6 @@ class SdmSampler:
         self.classes = classes_of(config)
         self.conditioned_on = ("label_map", *config.class_attributes)
 
-    def _class_indices(self, attributes, count: int) -> np.ndarray | None:
-        if self.classes is None:
-            return None
-        if attributes is None or len(attributes) != count:
-            raise SynthechoError(
-                f"this sdm generator is conditioned on {list(self.classes.attributes)}: sample() needs one "
-                f"attributes dict per row (generate passes the plan's)"
-            )
-        return self.classes.indices(attributes)
-
     @torch.inference_mode()
     def sample(
         self,
@@ -274,7 +264,9 @@ class SdmSampler:
         label_maps = check_label_maps(labels, seeds, self.resolution, KIND)
         if len(seeds) == 0:
             return SampleBatch(np.zeros((0, self.resolution, self.resolution), np.uint8), None)
-        classes = self._class_indices(attributes, len(seeds))
+        classes = (
+            None if self.classes is None else self.classes.sampling_indices(attributes, len(seeds), "sdm")
+        )
         if not self.config.per_class:
             frames = self.denoise(
                 self.denoisers[0], label_maps, list(seeds), classes, sampler, steps, guidance_scale
