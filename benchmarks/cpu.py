@@ -195,7 +195,8 @@ def finished(result: dict, args) -> None:
     print(render(result))
     if "failed" in result:
         print(
-            f"\nstage {result['failed']} FAILED (traceback on stderr); the figures above are of the stages before it"
+            f"\nstage {result['failed']} FAILED (traceback on stderr); "
+            "the figures above are of the stages before it"
         )
     elif args.compare:
         print()
@@ -268,7 +269,8 @@ def render(result: dict) -> str:
             label = f"{section} (writer thread, overlaps)" if value.get("worker_thread") else section
             lines.append(
                 f"| {name} | {label} | {value['seconds']:.2f} | {value['count']} | "
-                f"{1000 * value['seconds'] / max(value['count'], 1):.2f} | {100 * value['seconds'] / wall:.0f} |"
+                f"{1000 * value['seconds'] / max(value['count'], 1):.2f} | "
+                f"{100 * value['seconds'] / wall:.0f} |"
             )
         outside = stage["outside_sections_seconds"]
         lines.append(f"| {name} | outside sections | {outside:.2f} | | | {100 * outside / wall:.0f} |")
@@ -301,7 +303,8 @@ def compare(before: dict, after: dict) -> str:
         old_figures, new_figures = old.get("figures", {}), new.get("figures", {})
         for key in ("generator_seconds_per_step", "segmenter_seconds_per_step", "images_per_second"):
             if key in old_figures or key in new_figures:
-                rows.append((key.replace("_seconds_per_step", " s/step").replace("images_per_second", "img/s"),
+                rows.append((key.replace("_seconds_per_step", " s/step")
+                             .replace("images_per_second", "img/s"),
                              old_figures.get(key), new_figures.get(key)))  # fmt: skip
         for task in dict.fromkeys([*old_figures.get("per_task", {}), *new_figures.get("per_task", {})]):
             rows.append((f"{task} s", old_figures.get("per_task", {}).get(task),

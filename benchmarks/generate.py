@@ -112,11 +112,11 @@ def compare(args) -> dict:
     """Raw sampling loop vs generate.run over the same batches with the same loaded sampler."""
     import torch
 
-    from synthecho.stages import generate
     from synthecho.generators import get_generator
     from synthecho.generators.base import resolve_device
     from synthecho.plan import build_plan, shards_of
     from synthecho.real import load_real
+    from synthecho.stages import generate
 
     recipe = load(args, args.rows)
     config = recipe.generate

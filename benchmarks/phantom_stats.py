@@ -12,7 +12,8 @@ phantom is written with every patient but its validation ones and one training p
 Statistics (per frame unless said):
   * tilt: the LV cavity's principal axis from the image vertical, in mm (positive: base toward the image
     right): the principal axis nearer the vertical, over frames whose cavity is not round (principal
-    sds > 1.3x apart); spread = sample std per view; apex offset = lateral mm of the topmost LV pixel from the fan axis.
+    sds > 1.3x apart); spread = sample std per view; apex offset = lateral mm of the topmost LV pixel from
+    the fan axis.
   * edge: fraction of frames where a labelled structure comes within 2 px of the sector edge.
   * quality: Good / Medium / Poor per view (from the cfg files).
   * area change ED -> ES: LV fractional area change 1 - A_ES / A_ED, LA growth A_ES / A_ED - 1 (labels).
@@ -328,7 +329,8 @@ def render_table(stats: dict, title: str) -> str:
         values = tilt[view]
         low, high = np.percentile(values, [5, 95])
         row(f"LV tilt {view}, deg: mean ± sd (5-95 %)", f"{values.mean():.1f} ± {values.std(ddof=1):.1f} "
-            f"({low:.0f} to {high:.0f})", "0-30 (seen; no published distribution)", f"tilt_sd_{view}")  # fmt: skip
+            f"({low:.0f} to {high:.0f})", "0-30 (seen; no published distribution)",
+            f"tilt_sd_{view}")  # fmt: skip
     row("largest \\|tilt\\|, deg", f"{flat['tilt_max_abs']:.1f}", "~30", "tilt_max_abs")
     row("apex off the fan axis, sd mm", f"{flat['apex_offset_sd_mm']:.1f}", "—", "apex_offset_sd_mm")
     row("frames with a structure at the sector edge", f"{flat['edge_fraction']:.0%}", "— (LA, walls cut)",
@@ -342,8 +344,8 @@ def render_table(stats: dict, title: str) -> str:
             "quality_share_error" if view == "4CH" else None)  # fmt: skip
     row("LV fractional area change ED→ES (labels)", f"{flat['lv_fac_mean']:.2f}", "—", "lv_fac_mean")
     row("LA area growth ED→ES (labels)", f"{flat['la_growth_mean']:.2f}", "—", "la_growth_mean")
-    row("area-length EF of the labels vs cfg EF: MAE (r)", f"{stats['ef_label_mae']:.1f} ({stats['ef_label_r']:.2f})",
-        "—", "ef_label_mae")  # fmt: skip
+    row("area-length EF of the labels vs cfg EF: MAE (r)",
+        f"{stats['ef_label_mae']:.1f} ({stats['ef_label_r']:.2f})", "—", "ef_label_mae")  # fmt: skip
     if "ef_truth_mae" in stats:
         row("area-length EF of the truth vs cfg EF: MAE (r)",
             f"{stats['ef_truth_mae']:.1f} ({stats['ef_truth_r']:.2f})", "—", "ef_truth_mae")  # fmt: skip
@@ -354,8 +356,12 @@ def render_table(stats: dict, title: str) -> str:
                 key = OBSERVER_NAMES.get(name)
                 camus = "—"
                 if key:
-                    camus = f"target {target_dice(key, phase):.3f}; observers ≈{INTER_OBSERVER_DICE[(key, phase)]:.2f}"
-                row(f"Dice {name} {phase}: label vs render (observer vs observer)", f"{label:.3f} ({pair:.3f})",
+                    camus = (
+                        f"target {target_dice(key, phase):.3f}; "
+                        f"observers ≈{INTER_OBSERVER_DICE[(key, phase)]:.2f}"
+                    )
+                row(f"Dice {name} {phase}: label vs render (observer vs observer)",
+                    f"{label:.3f} ({pair:.3f})",
                     camus, "dice_margin" if (name, phase) == ("LV endo", "ED") else None)  # fmt: skip
     row("speckle ED vs ES, fixed position", f"{flat['speckle_fixed']:.2f}", "—", "speckle_fixed")
     row("speckle ED vs ES, best shift", f"{flat['speckle_best_shift']:.2f}", "—", "speckle_best_shift")
@@ -450,7 +456,8 @@ def learnability(patients: int, seed: int, size: tuple[int, int], steps: int) ->
         quality = train_quality(splits["train"], validation, steps=max(steps, 300), seed=seed)
     classes = np.array([r["image_quality"] for r in validation.records])
     lines = [
-        f"### Learnability: {patients} patients (seed {seed}), {len(splits['train'])} train / {len(validation)} "
+        f"### Learnability: {patients} patients (seed {seed}), "
+        f"{len(splits['train'])} train / {len(validation)} "
         f"validation frames at {RESOLUTION} px, {time.time() - started:.0f} s",
         "",
         "| quality | n | segmenter Dice (mean of LV, MYO, LA) | LV | MYO | LA |",
@@ -491,7 +498,10 @@ def main(argv: list[str] | None = None) -> int:
         root = write_cohort(Path(tmp), args.patients, args.seed, tuple(args.size))
         seconds = time.process_time() - started
         stats = measure(root, Path(tmp), args.seed)
-    title = f"Phantom (seed {args.seed}, {args.size[0]}x{args.size[1]}, {seconds / args.patients:.2f} s CPU per patient)"
+    title = (
+        f"Phantom (seed {args.seed}, {args.size[0]}x{args.size[1]}, "
+        f"{seconds / args.patients:.2f} s CPU per patient)"
+    )
     print(render_table(stats, title))
     return 0
 

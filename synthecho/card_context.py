@@ -271,7 +271,8 @@ def _attribute_fidelity(manifest: dict) -> dict | None:
 
 
 def mask_fidelity_values(fidelity: dict | None) -> dict | None:
-    """The filter's `mask_fidelity` metric (mean Dice on generated frames, and on real ones as the ceiling)."""
+    """The filter's `mask_fidelity` metric (mean Dice on generated frames, and on real ones as the
+    ceiling)."""
     if not fidelity:
         return None
     dice, ceiling = fidelity["mean_dice"], fidelity["ceiling_dice"]

@@ -110,7 +110,9 @@ def push_cards(
             repo_type="dataset",
             parent_commit=info.sha,
             repo=repo_id,
-            conflict=f"{repo_id} got a new commit while the card was compared: rerun `synthecho card --push`.",
+            conflict=(
+                f"{repo_id} got a new commit while the card was compared: rerun `synthecho card --push`."
+            ),
         )
         echo(f"{name}: pushed {', '.join(changed)} to {repo_id} ({getattr(commit, 'oid', '?')[:12]})")
         results.append(

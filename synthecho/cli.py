@@ -19,7 +19,10 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Synthetic echocardiography corpora: prepare -> train -> generate -> filter -> evaluate -> card -> publish.",
+    help=(
+        "Synthetic echocardiography corpora: prepare -> train -> generate -> filter -> evaluate -> card "
+        "-> publish."
+    ),
 )
 
 RecipeOption = Annotated[
@@ -288,7 +291,7 @@ def build(
     from_stage: Annotated[str | None, typer.Option("--from", help="redo from this stage on")] = None,
     threads: ThreadsOption = None,
 ):
-    """prepare -> train -> generate -> filter -> evaluate -> card, skipping stages whose inputs are unchanged."""
+    """prepare -> train -> generate -> filter -> evaluate -> card, skipping stages whose inputs are unchanged."""  # noqa: E501
     from synthecho.stages import build as pipeline
 
     loaded, folder = _load(recipe, set, run_dir, threads)

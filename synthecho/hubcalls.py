@@ -51,7 +51,8 @@ class HubError(SynthechoError):
 
 @dataclass(frozen=True)
 class Failure:
-    # offline | unreachable | no_token | token | forbidden | missing | conflict | rate_limit | server | refused
+    # offline | unreachable | no_token | token | forbidden | missing | conflict | rate_limit | server |
+    # refused
     kind: str
     transient: bool
     status: int | None = None

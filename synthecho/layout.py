@@ -6,7 +6,8 @@ stages and the tests cannot drift apart:
     <run>/real/{train,validation,test}.parquet   prepared real frames, masks, sectors, attributes, prompts
     <run>/real/test_truth.parquet                 the phantom's clean test masks (label noise-free truth)
     <run>/real/copy_null.parquet                  legitimate same-anatomy frame pairs (the copy check's null)
-    <run>/source/                                 the phantom tree (CAMUS layout), when the source is simulated
+    <run>/source/                                 the phantom tree (CAMUS layout), when the source is
+                                                  simulated
     <run>/generator/, <run>/segmenter/            trained weights (+ `.complete.json` markers)
     <run>/shards/raw/, <run>/shards/scored/       generated rows; the same rows with quality scores
     <run>/data/{split}-*-of-*.parquet             the publishable corpus (rows that passed)

@@ -134,7 +134,8 @@ def _torch_threads() -> int | None:
 
 
 def _cpu_capability() -> str | None:
-    """The SIMD level torch's CPU kernels were dispatched for (AVX2, AVX512, ...): it changes float rounding."""
+    """The SIMD level torch's CPU kernels were dispatched for (AVX2, AVX512, ...): it changes float
+    rounding."""
     try:
         import torch
 

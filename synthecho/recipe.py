@@ -70,8 +70,8 @@ class SourceConfig(Section):
         if not path.exists():
             where = "source.root" if self.root else f"${self.root_env}"
             raise SynthechoError(
-                f"CAMUS root {path} (from {where}) does not exist: point source.root or {self.root_env} at the "
-                f"folder holding database_nifti/ (2023 release) or training/ (2019 release)."
+                f"CAMUS root {path} (from {where}) does not exist: point source.root or {self.root_env} at "
+                f"the folder holding database_nifti/ (2023 release) or training/ (2019 release)."
             )
         return path
 
@@ -175,7 +175,8 @@ class SdConfig(Section):
 
 
 class ControlNetConfig(SdConfig):
-    """ControlNet on the 5-class label map + the image-level prompt, over an SD base (fine-tuned or from config)."""
+    """ControlNet on the 5-class label map + the image-level prompt, over an SD base (fine-tuned or from
+    config)."""
 
     kind: Literal["controlnet"] = "controlnet"  # type: ignore[assignment]
     base_steps: int = Field(300, ge=1)  # from config: text-to-image base UNet steps before the ControlNet

@@ -88,7 +88,8 @@ class ClipSegTaskConfig(Section):
 
 
 class AugmentationConfig(Section):
-    """The downstream augmentation policy: one for every strategy's training data (synthecho.downstream.augment).
+    """The downstream augmentation policy: one for every strategy's training data
+    (synthecho.downstream.augment).
 
     Defaults: Echo from noise's U-Net augmentation (rotation +-10 degrees, translation, scaling, gamma)
     within nnU-Net's default ranges (docs/references.md), plus gain and Gaussian noise. No flips: apical
@@ -110,7 +111,8 @@ class AugmentationConfig(Section):
         return value
 
 
-# The downstream strategies, in report order (synthecho.downstream.STRATEGIES); the warped ones are the row-paired controls of the synthetic ones.
+# The downstream strategies, in report order (synthecho.downstream.STRATEGIES); the warped ones are the
+# row-paired controls of the synthetic ones.
 Strategy = Literal[
     "real",
     "synthetic",

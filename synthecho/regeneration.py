@@ -46,8 +46,8 @@ def run_plan(run_dir: Path, manifest: dict):
     plan = build_plan(recipe, real)
     if sha256_json([row.to_dict() for row in plan]) != generation["plan_sha256"]:
         raise SynthechoError(
-            f"the plan rebuilt from {RunLayout.of(run_dir).real} and the manifest's recipe differs from the one "
-            f"`generate` recorded (generation.plan_sha256): real/ or the plan code changed since; rerun "
+            f"the plan rebuilt from {RunLayout.of(run_dir).real} and the manifest's recipe differs from the "
+            f"one `generate` recorded (generation.plan_sha256): real/ or the plan code changed since; rerun "
             f"`synthecho generate --force` so the corpus and its regeneration record agree."
         )
     return plan, real

@@ -122,13 +122,14 @@ class Segmenter:
         height, width = images.shape[1:]
         if exact_resolution and (height, width) != (self.resolution, self.resolution):
             raise SynthechoError(
-                f"segmenter features are defined at the training resolution {self.resolution}x{self.resolution}, "
-                f"got {height}x{width}: resize the frames (or use the run's prepare.resolution)."
+                f"segmenter features are defined at the training resolution "
+                f"{self.resolution}x{self.resolution}, got {height}x{width}: resize the frames (or use the "
+                f"run's prepare.resolution)."
             )
         if height % self._divisor or width % self._divisor:
             raise SynthechoError(
-                f"frame size {height}x{width} is not divisible by {self._divisor} (the U-Net's total stride); "
-                f"the segmenter was trained at {self.resolution}x{self.resolution}."
+                f"frame size {height}x{width} is not divisible by {self._divisor} (the U-Net's total "
+                f"stride); the segmenter was trained at {self.resolution}x{self.resolution}."
             )
         return images
 

@@ -185,7 +185,8 @@ def recipe_loop_settings(recipe, progress: bool) -> dict[str, Any]:
 
 
 def process_slot() -> tuple[int, int]:
-    """(process index, number of processes): accelerate's under `accelerate launch`/`torchrun`, else (0, 1)."""
+    """(process index, number of processes): accelerate's under `accelerate launch`/`torchrun`, else
+    (0, 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
     from accelerate import PartialState

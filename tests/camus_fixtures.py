@@ -104,7 +104,8 @@ def write_patient(folder: Path, patient: str, release: str, labelled: bool = Tru
 
 
 def write_camus_2023(root: Path, transform=None) -> Path:
-    """`root/CAMUS_public/{database_nifti,database_split}` with PATIENTS split as SPLITS_2023. Returns root."""
+    """`root/CAMUS_public/{database_nifti,database_split}` with PATIENTS split as SPLITS_2023. Returns
+    root."""
     dataset = root / "CAMUS_public"
     for patient in PATIENTS:
         write_patient(dataset / "database_nifti" / patient, patient, "2023", transform=transform)
@@ -117,7 +118,8 @@ def write_camus_2023(root: Path, transform=None) -> Path:
 
 
 def write_camus_2019(root: Path, testing_patients=("patient0001",), transform=None) -> Path:
-    """`root/training/` with the same PATIENTS and arrays as 2023, `root/testing/` unlabelled. Returns root."""
+    """`root/training/` with the same PATIENTS and arrays as 2023, `root/testing/` unlabelled. Returns
+    root."""
     for patient in PATIENTS:
         write_patient(root / "training" / patient, patient, "2019", transform=transform)
     for patient in testing_patients:

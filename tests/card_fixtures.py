@@ -185,7 +185,9 @@ def make_run(run_dir: Path, rows: dict[str, int] | None = None, recipe=None, see
                 for split, count in rows.items()
             },
             "inception": None,
-            "inception_note": "Inception metrics skipped: no local clean-fid Inception weights (filter.inception_weights).",
+            "inception_note": (
+                "Inception metrics skipped: no local clean-fid Inception weights (filter.inception_weights)."
+            ),
             "copy_threshold": 0.95,
             "dice_threshold": {"lv": 0.5, "myo": 0.3, "la": 0.4},
             "attribute_fidelity": {"view_agreement": 0.75, "phase_agreement": 0.5},

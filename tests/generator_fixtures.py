@@ -9,8 +9,14 @@ from synthecho.real import RealSplit
 
 RES = 16
 PROMPTS = [
-    "Two-chamber view of the heart at end of the diastole cycle of a fifty-year-old male with good image quality.",
-    "Four-chamber view of the heart at end of the systole cycle of an eighty-year-old female with poor image quality.",
+    (
+        "Two-chamber view of the heart at end of the diastole cycle of a fifty-year-old male with good "
+        "image quality."
+    ),
+    (
+        "Four-chamber view of the heart at end of the systole cycle of an eighty-year-old female with poor "
+        "image quality."
+    ),
 ]
 
 

@@ -1,4 +1,5 @@
-"""CAMUS reader: both releases give the same records, and every bad input fails with a message naming the file."""
+"""CAMUS reader: both releases give the same records, and every bad input fails with a message naming the
+file."""
 
 from __future__ import annotations
 

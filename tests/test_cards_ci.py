@@ -207,8 +207,9 @@ def test_card_check_and_push_need_only_what_the_cards_job_installs(tmp_path):
     )
     assert offline.returncode == 2 and "LOADED []" in offline.stdout
     assert [line for line in offline.stderr.splitlines() if line.strip()] == [
-        "error: reading dataset repo org/tiny: the Hugging Face Hub is disabled on this machine (HF_HUB_OFFLINE "
-        "is set): unset HF_HUB_OFFLINE to reach it, or work locally with --to DIR or --dry-run."
+        "error: reading dataset repo org/tiny: the Hugging Face Hub is disabled on this machine "
+        "(HF_HUB_OFFLINE is set): unset HF_HUB_OFFLINE to reach it, or work locally with --to DIR or "
+        "--dry-run."
     ]
     assert FAKE_TOKEN not in offline.stdout + offline.stderr
     # Positive controls: the blocked set holds the heavy libraries, and the blocker does block.
@@ -338,9 +339,9 @@ def test_push_cli_with_a_rejected_token_is_one_error_line(tmp_path, monkeypatch)
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert lines == [
-        "error: reading dataset repo org/tiny: the Hub rejected the credentials (HTTP 401): Invalid credentials "
-        "in Authorization header: set HF_TOKEN to a valid token with write access (or run `hf auth login`); an "
-        "expired or revoked token must be replaced."
+        "error: reading dataset repo org/tiny: the Hub rejected the credentials (HTTP 401): Invalid "
+        "credentials in Authorization header: set HF_TOKEN to a valid token with write access "
+        "(or run `hf auth login`); an expired or revoked token must be replaced."
     ]
     assert FAKE_TOKEN not in result.output and not api.create_commit.called
 

@@ -1,4 +1,5 @@
-"""The command line as a user meets it: bad input gives one clear line naming the file/key, exit 2, no traceback."""
+"""The command line as a user meets it: bad input gives one clear line naming the file/key, exit 2, no
+traceback."""
 
 from __future__ import annotations
 
@@ -189,7 +190,10 @@ def test_prepare_2023_fixture_writes_patient_splits_and_skips_the_rerun(tmp_path
 
 
 def test_help_is_fast_and_imports_no_heavy_library():
-    code = "import sys, synthecho.cli; print(any(m in sys.modules for m in ('torch', 'diffusers', 'datasets', 'SimpleITK')))"
+    code = (
+        "import sys, synthecho.cli; "
+        "print(any(m in sys.modules for m in ('torch', 'diffusers', 'datasets', 'SimpleITK')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -70,11 +70,16 @@ def passing_metrics() -> dict:
 
 
 DOCTORINGS = {
-    "view agreement": lambda m: m["attribute_fidelity"]["independent"]["generated"].update(view={"k": 188, "n": 200, "rate": 0.94}),
-    "warped-real": lambda m: m["attribute_fidelity"]["independent"]["generated"].update(phase={"k": 160, "n": 200, "rate": 0.8}),
-    "phase geometry": lambda m: m["phase_geometry"]["by_policy"]["preserve"].update(ratio={"k": 180, "n": 200, "rate": 0.9}),
-    "planted copies": lambda m: m["copy_check"]["planted"]["stated"].update(caught={"k": 80, "n": 80, "rate": 1.0}),
-    "null pairs": lambda m: m["copy_check"]["calibration"].update(false_positive={"k": 9, "n": 416, "rate": 9 / 416}),
+    "view agreement": lambda m: m["attribute_fidelity"]["independent"]["generated"].update(
+        view={"k": 188, "n": 200, "rate": 0.94}),
+    "warped-real": lambda m: m["attribute_fidelity"]["independent"]["generated"].update(
+        phase={"k": 160, "n": 200, "rate": 0.8}),
+    "phase geometry": lambda m: m["phase_geometry"]["by_policy"]["preserve"].update(
+        ratio={"k": 180, "n": 200, "rate": 0.9}),
+    "planted copies": lambda m: m["copy_check"]["planted"]["stated"].update(
+        caught={"k": 80, "n": 80, "rate": 1.0}),
+    "null pairs": lambda m: m["copy_check"]["calibration"].update(
+        false_positive={"k": 9, "n": 416, "rate": 9 / 416}),
 }  # fmt: skip
 
 

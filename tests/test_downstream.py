@@ -186,8 +186,8 @@ def test_segmentation_every_strategy_and_the_unit_cache(splits, tmp_path):
         assert (old["input_hash"] != new["input_hash"]) == synthetic, old["strategy"]
     # No passed synthetic rows: the synthetic strategies and controls are skipped with a reason.
     empty = splits["synthetic"].subset([])
-    skipped = run_task(task, ["real", "synthetic", "warped"], [1], corpora(splits, empty), fingerprints(splits, 3),
-                       tmp_path / "empty")  # fmt: skip
+    skipped = run_task(task, ["real", "synthetic", "warped"], [1], corpora(splits, empty),
+                       fingerprints(splits, 3), tmp_path / "empty")  # fmt: skip
     assert "skipped" not in skipped[0]
     assert all("no synthetic train rows" in unit["skipped"] for unit in skipped[1:])
 
@@ -352,9 +352,10 @@ def write_corpus(run_dir, split_name: str, split: RealSplit) -> None:
                 "prompt": "", "shape_lv": "oval", "shape_myo": "circle", "shape_la": "oval",
                 "view": VIEWS.index(record["view"]), "phase": PHASES.index(record["phase"]),
                 "sex": SEXES.index(record["sex"]), "image_quality": QUALITIES.index(record["image_quality"]),
-                "age": record["age"], "generator": "test", "generator_sha256": "0", "sampler": "ddim", "steps": 1,
-                "guidance_scale": 1.0, "seed": 0, "batch_size": 1, "source_id": record["source_id"],
-                "source_patient": record["patient"], "source_split": "train", "variant": 0,
+                "age": record["age"], "generator": "test", "generator_sha256": "0", "sampler": "ddim",
+                "steps": 1, "guidance_scale": 1.0, "seed": 0, "batch_size": 1,
+                "source_id": record["source_id"], "source_patient": record["patient"],
+                "source_split": "train", "variant": 0,
                 "mask_transform": {name: record["mask_transform"][name] for name in MASK_TRANSFORM_FIELDS},
                 "spacing_mm": {"row": 0.9, "col": 0.6}, "mask_source": "conditioning",
                 "dice_lv": 1.0, "dice_myo": 1.0, "dice_la": 1.0, "copy_similarity": 0.1,

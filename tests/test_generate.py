@@ -286,7 +286,7 @@ def test_killed_run_resumes_to_exactly_the_planned_rows(tmp_path):
             from test_generate import SeededSampler, tiny_recipe
             from synthecho.stages import run_stage
             run_stage("generate", tiny_recipe(), Path({str(run_dir)!r}), sampler=SeededSampler(delay=0.4), progress=False)
-            """
+            """  # noqa: E501
         )
     )
     process = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "TQDM_DISABLE": "1"})
@@ -413,7 +413,7 @@ def test_launcher_ranks_split_the_shards(tmp_path):
             from synthecho.stages import run_stage
             info = run_stage("generate", tiny_recipe(), Path({str(run_dir)!r}), sampler=SeededSampler(), progress=False)
             print("INFO " + json.dumps(info), flush=True)
-            """
+            """  # noqa: E501
         )
     )
     command = [

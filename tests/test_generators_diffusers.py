@@ -1,4 +1,5 @@
-"""ddpm, sd and controlnet generators: tiny configs train 2 steps, save, load, sample identically; fine-tune path.
+"""ddpm, sd and controlnet generators: tiny configs train 2 steps, save, load, sample identically;
+fine-tune path.
 
 The fine-tune path runs against a tiny Stable Diffusion folder this file saves in the real format
 (AutoencoderKL, CLIPTextModel + CLIPTokenizer from a local vocab, UNet2DConditionModel, PNDMScheduler,

@@ -315,16 +315,16 @@ HUB_FAILURES = {
     "token (401)": (
         "create_repo",
         (401, "Invalid credentials in Authorization header"),
-        "error: creating dataset repo org/tiny: the Hub rejected the credentials (HTTP 401): Invalid credentials "
-        "in Authorization header: set HF_TOKEN to a valid token with write access (or run `hf auth login`); an "
-        "expired or revoked token must be replaced.",
+        "error: creating dataset repo org/tiny: the Hub rejected the credentials (HTTP 401): Invalid "
+        "credentials in Authorization header: set HF_TOKEN to a valid token with write access "
+        "(or run `hf auth login`); an expired or revoked token must be replaced.",
     ),
     "no write access (403)": (
         "create_repo",
         (403, 'You don\'t have the rights to create a dataset under the namespace "org"'),
-        "error: creating dataset repo org/tiny: this token may not write to org/tiny (HTTP 403): You don't have "
-        'the rights to create a dataset under the namespace "org": use a token with write access to it (a '
-        "fine-grained token needs write permission on that repo or its organisation).",
+        "error: creating dataset repo org/tiny: this token may not write to org/tiny (HTTP 403): You don't "
+        'have the rights to create a dataset under the namespace "org": use a token with write access to it '
+        "(a fine-grained token needs write permission on that repo or its organisation).",
     ),
     "missing repo (404)": (
         "list_repo_refs",
@@ -381,8 +381,8 @@ def test_no_token_at_all_is_one_error_line(cli_run):
     result = invoke(api)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert _error_lines(result.output) == [
-        "error: creating dataset repo org/tiny: no Hugging Face token found: set HF_TOKEN to a token with write "
-        "access (a CI secret), or run `hf auth login` once on this machine."
+        "error: creating dataset repo org/tiny: no Hugging Face token found: set HF_TOKEN to a token with "
+        "write access (a CI secret), or run `hf auth login` once on this machine."
     ]
 
 
@@ -466,8 +466,9 @@ def test_offline_and_unreachable_hub_for_real(cli_run, tmp_path):
     offline = _real_cli(run_dir, recipe_file, {"HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 2 and "Traceback" not in offline.stderr
     assert _error_lines(offline.stderr) == [
-        "error: creating dataset repo org/tiny: the Hugging Face Hub is disabled on this machine (HF_HUB_OFFLINE "
-        "is set): unset HF_HUB_OFFLINE to reach it, or work locally with --to DIR or --dry-run."
+        "error: creating dataset repo org/tiny: the Hugging Face Hub is disabled on this machine "
+        "(HF_HUB_OFFLINE is set): unset HF_HUB_OFFLINE to reach it, or work locally with --to DIR or "
+        "--dry-run."
     ]
     # Port 9 on the loopback: nothing listens, the connection is refused at once.
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "SYNTHECHO_HUB_RETRIES": "1"}

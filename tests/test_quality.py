@@ -34,7 +34,9 @@ def _recipe(run_dir, **filter_options):
                           "learning_rate": 3e-3, "validate_every": 50},
             # Plan: 6 source records per split, 1 variant, one shard of one batch per split.
             "generate": {"variants": 1, "max_records_per_split": 6, "batch_size": 6, "batches_per_shard": 1},
-            "filter": {"kid_subsets": 20, "attribute_steps": 400, **filter_options},  # 150 misjudged 2 clean rows on the new phantom
+            "filter": {"kid_subsets": 20,
+                       "attribute_steps": 400,  # 150 misjudged 2 clean rows on the new phantom
+                       **filter_options},
         }
     )  # fmt: skip
 
@@ -181,7 +183,8 @@ def test_domain_fid_and_kid_separate_real_from_noise_and_shuffled_pixels(phantom
     features = lambda images: phantom["segmenter"].features(images, dims=64)  # noqa: E731
     real = features(train.images)
     results = {name: compare(real, features(images), subsets=50, seed=0)
-               for name, images in (("validation", validation.images), ("noise", noise), ("shuffled", shuffled))}  # fmt: skip
+               for name, images in (("validation", validation.images), ("noise", noise),
+                                    ("shuffled", shuffled))}  # fmt: skip
     for other in ("noise", "shuffled"):
         assert results["validation"]["kid_mean"] * 5 < results[other]["kid_mean"], results
         assert results["validation"]["fid"] * 3 < results[other]["fid"], results

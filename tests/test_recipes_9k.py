@@ -210,7 +210,10 @@ def test_the_default_augmentation_moves_frame_and_mask_together_and_is_seeded():
     masks = np.zeros((3, 32, 32), np.uint8)
     masks[:, 8:24, 12:20] = 1
     bright = np.where(masks == 1, 0.8, 0.0).astype(np.float32)  # a frame that shows its mask
-    for config in (AugmentationConfig(), AugmentationConfig(rotation_degrees=10, translate=0.1, scale=(0.8, 1.2), gamma=(0.5, 3.0))):  # fmt: skip
+    for config in (
+        AugmentationConfig(),
+        AugmentationConfig(rotation_degrees=10, translate=0.1, scale=(0.8, 1.2), gamma=(0.5, 3.0)),
+    ):
         augment = Augmentation(config)
         moved, moved_masks = augment(bright, masks, np.random.default_rng(5))
         assert not np.array_equal(moved_masks, masks)
@@ -218,7 +221,9 @@ def test_the_default_augmentation_moves_frame_and_mask_together_and_is_seeded():
         assert inside.mean() > 0.3 and moved[moved_masks == 0].mean() < 0.1  # the frame followed its mask
         again = augment(bright, masks, np.random.default_rng(5))
         assert np.array_equal(again[0], moved) and np.array_equal(again[1], moved_masks)  # seeded
-    off = Augmentation(AugmentationConfig(rotation_degrees=0, translate=0, scale=(1, 1), gamma=None, gain=None, noise_std=0))  # fmt: skip
+    off = Augmentation(
+        AugmentationConfig(rotation_degrees=0, translate=0, scale=(1, 1), gamma=None, gain=None, noise_std=0)
+    )
     assert off.identity and off(bright, masks, np.random.default_rng(5))[0] is bright
 
     assert epoch_steps(None, 1000, 16, 200) == 200  # no epochs: the fixed CPU budget

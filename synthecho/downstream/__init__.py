@@ -33,7 +33,8 @@ from synthecho.recipe_sections import Strategy
 # Report order (the recipe's `Strategy` names, in order): each synthetic strategy beside its control; a
 # pretrained model's base trains first.
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
-CONTROLS = {"synthetic": "warped", "pretrain_finetune": "warped_pretrain_finetune", "real_plus_synthetic": "real_plus_warped"}  # fmt: skip
+CONTROLS = {"synthetic": "warped", "pretrain_finetune": "warped_pretrain_finetune",
+            "real_plus_synthetic": "real_plus_warped"}  # fmt: skip
 PRETRAINED_ON = {"pretrain_finetune": "synthetic", "warped_pretrain_finetune": "warped"}  # fine-tuned on real
 # The corpora each strategy trains on (a fine-tuned strategy: those of its last fit, real).
 TRAINED_ON = {
@@ -79,8 +80,9 @@ def load_corpus(
         return np.zeros((0, 0, 0), np.uint8), np.zeros((0, 0, 0), np.uint8), []
     if not files:
         raise SynthechoError(
-            f"no synthetic {split} rows under {RunLayout.of(run_dir).data} (expected {split}-*-of-*.parquet): "
-            f"run `synthecho filter --recipe ...` first, or drop the synthetic strategies from evaluate.strategies."
+            f"no synthetic {split} rows under {RunLayout.of(run_dir).data} (expected "
+            f"{split}-*-of-*.parquet): run `synthecho filter --recipe ...` first, or drop the synthetic "
+            f"strategies from evaluate.strategies."
         )
     images, masks, records = [], [], []
     for path in files:
@@ -129,8 +131,8 @@ def concat_splits(first: RealSplit, second: RealSplit, name: str) -> RealSplit:
     """Rows of both splits in one container (frames must have the same size)."""
     if first.images.shape[1:] != second.images.shape[1:]:
         raise SynthechoError(
-            f"cannot mix frames of size {first.images.shape[1:]} and {second.images.shape[1:]}: the corpus and "
-            f"the real data must share prepare.resolution."
+            f"cannot mix frames of size {first.images.shape[1:]} and {second.images.shape[1:]}: the corpus "
+            f"and the real data must share prepare.resolution."
         )
     return RealSplit(
         name,

@@ -45,15 +45,15 @@ def resolve_weights(config) -> tuple[Path | None, str]:
     value = config.weights or os.environ.get(config.weights_env)
     if not value:
         return None, (
-            f"no local CLIPSeg weights: set evaluate.clipseg.weights or ${config.weights_env} to a folder holding "
-            f"CLIPSegForImageSegmentation + CLIPSegProcessor files (e.g. a copy of CIDAS/clipseg-rd64-refined); "
-            f"pretrained weights cannot be downloaded on this machine."
+            f"no local CLIPSeg weights: set evaluate.clipseg.weights or ${config.weights_env} to a folder "
+            f"holding CLIPSegForImageSegmentation + CLIPSegProcessor files (e.g. a copy of "
+            f"CIDAS/clipseg-rd64-refined); pretrained weights cannot be downloaded on this machine."
         )
     folder = Path(value).expanduser()
     if not (folder / "config.json").is_file():
         raise SynthechoError(
-            f"CLIPSeg weights folder {folder} (from evaluate.clipseg.weights or ${config.weights_env}) has no "
-            f"config.json: point it at a saved CLIPSegForImageSegmentation + CLIPSegProcessor folder."
+            f"CLIPSeg weights folder {folder} (from evaluate.clipseg.weights or ${config.weights_env}) has "
+            f"no config.json: point it at a saved CLIPSegForImageSegmentation + CLIPSegProcessor folder."
         )
     return folder, ""
 

@@ -33,7 +33,9 @@ CONFIRMATORY_METRICS = {"segmentation": "dice_foreground", "phase": "p_true", "v
 STATISTICS = {
     "unit": "patient (mean over its test frames, then over seeds)",
     "interval": "95 % BCa bootstrap over patients",
-    "test": "exact two-sided sign-flip permutation test (Monte Carlo above 16 patients), confirmatory family only",
+    "test": (
+        "exact two-sided sign-flip permutation test (Monte Carlo above 16 patients), confirmatory family only"
+    ),
     "multiplicity": "Holm across the confirmatory family",
     "min_patients_for_p": MIN_N_FOR_P,
 }

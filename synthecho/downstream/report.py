@@ -82,9 +82,9 @@ def _header(recipe, study: dict) -> list[str]:
         f"on the real validation split ({validation['frames']} frames, {validation['patients']} patients). "
         f"Seeds {study['seeds']}. Strategy tables: mean ± sample std (ddof=1) over seeds — the seed-to-seed "
         f"spread, training variance. Effects: the unit is the test patient (mean over its frames, then over "
-        f"seeds); Δ = first − second in points, with its 95 % BCa bootstrap interval over patients, n patients "
-        f"and k of n improved; seed sd = sample std over seeds of the per-seed mean difference. Effects are "
-        f"descriptive; only the confirmatory family below is tested.",
+        f"seeds); Δ = first − second in points, with its 95 % BCa bootstrap interval over patients, n "
+        f"patients and k of n improved; seed sd = sample std over seeds of the per-seed mean difference. "
+        f"Effects are descriptive; only the confirmatory family below is tested.",
         "",
     ]
     if validation["patients"] < NOISY_SELECTION_PATIENTS:
@@ -140,10 +140,11 @@ def _confirmatory(family: dict | None) -> list[str]:
         f"vs {versus})",
         "",
         f"Pre-specified in the recipe (`evaluate.confirmatory`): per-patient mean foreground Dice "
-        f"(segmentation) and per-patient mean probability of the true class (classification). Exact two-sided "
-        f"sign-flip test over patients (Monte Carlo above 16), Holm across these {len(family['tests'])} tests "
-        f"only, α = {family['alpha']:g}; no p-value below 6 patients. MDD: the difference this test detects "
-        f"with 80 % power at Holm's first-step level, given the observed spread of per-patient differences.",
+        f"(segmentation) and per-patient mean probability of the true class (classification). Exact "
+        f"two-sided sign-flip test over patients (Monte Carlo above 16), Holm across these "
+        f"{len(family['tests'])} tests only, α = {family['alpha']:g}; no p-value below 6 patients. MDD: the "
+        f"difference this test detects with 80 % power at Holm's first-step level, given the observed spread "
+        f"of per-patient differences.",
         "",
     ]
     if family["tests"]:

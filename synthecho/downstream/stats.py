@@ -229,7 +229,8 @@ def holm(pvalues: dict) -> dict:
 
 def minimum_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The mean per-patient difference a two-sided test at `alpha` detects with `power`, given the
-    standard deviation of per-patient differences (normal approximation: (z_{1-a/2} + z_power) sd / sqrt n)."""
+    standard deviation of per-patient differences (normal approximation:
+    (z_{1-a/2} + z_power) sd / sqrt n)."""
     from scipy.stats import norm
 
     if n < 2:

@@ -253,7 +253,8 @@ def run_task(
 
 
 def strip_per_image(study: dict) -> dict:
-    """The manifest copy: summaries and effects only (per-image and per-patient arrays stay in results.json)."""
+    """The manifest copy: summaries and effects only (per-image and per-patient arrays stay in
+    results.json)."""
     caps = {}
     for key, cap in study["caps"].items():
         tasks = {

@@ -80,7 +80,8 @@ class AttributeClasses:
         unknown = [name for name in self.attributes if name not in CLASS_VALUES]
         if unknown or len(set(self.attributes)) != len(self.attributes):
             raise SynthechoError(
-                f"generator.class_attributes {list(self.attributes)}: give distinct names out of {list(CLASS_VALUES)}"
+                f"generator.class_attributes {list(self.attributes)}: give distinct names out of "
+                f"{list(CLASS_VALUES)}"
             )
 
     @property
@@ -181,8 +182,8 @@ def check_label_maps(labels, seeds, resolution: int, kind: str) -> np.ndarray:
     count = len(seeds) if seeds is not None else -1
     if labels.shape != (count, resolution, resolution):
         raise SynthechoError(
-            f"{kind}.sample: labels have shape {labels.shape}, expected ({count}, {resolution}, {resolution}) "
-            f"(one per seed)"
+            f"{kind}.sample: labels have shape {labels.shape}, expected ({count}, {resolution}, "
+            f"{resolution}) (one per seed)"
         )
     if labels.size and int(labels.max()) >= lab.NUM_CONDITION_CLASSES:
         raise SynthechoError(f"{kind}.sample: labels must be 5-class maps 0..4, got max {int(labels.max())}")
@@ -360,8 +361,9 @@ def head_channels(config) -> int:
     bad = [c for c in attended if c % head]
     if bad:
         raise SynthechoError(
-            f"generator.num_head_channels {config.num_head_channels} must divide the width of every attention "
-            f"level (channels {config.channels}, attention {config.attention}); {bad} do not divide by {head}."
+            f"generator.num_head_channels {config.num_head_channels} must divide the width of every "
+            f"attention level (channels {config.channels}, attention {config.attention}); {bad} do not "
+            f"divide by {head}."
         )
     return head
 

@@ -1,4 +1,5 @@
-"""Latent diffusion shared by `sd` and `controlnet`: components, denoiser training, pipeline save/load, sampler.
+"""Latent diffusion shared by `sd` and `controlnet`: components, denoiser training, pipeline save/load,
+sampler.
 
 Two ways to get the components (`generator.base_model`):
 - **Fine-tune** (a local SD folder or Hub id, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5): the
@@ -138,7 +139,8 @@ def build_vae(config):
 
 
 def build_unet(config, latent_size: int, latent_channels: int):
-    """Small UNet2DConditionModel, cross-attention only where `attention` says: attention dominates CPU time."""
+    """Small UNet2DConditionModel, cross-attention only where `attention` says: attention dominates CPU
+    time."""
     from diffusers import UNet2DConditionModel
 
     channels = list(config.unet_channels)
@@ -182,7 +184,8 @@ def add_class_embedding(model, classes: AttributeClasses | None, seed: int | Non
                 f"the {type(model).__name__} of the base already has a class embedding (type "
                 f"{model.config.class_embed_type}, {model.config.num_class_embeds} rows), not the "
                 f"{classes.embeddings} rows (with the null class) of generator.class_attributes "
-                f"{list(classes.attributes)}: use a base without one, or the class_attributes it was trained with."
+                f"{list(classes.attributes)}: use a base without one, or the class_attributes it was "
+                f"trained with."
             )
         return model
     linear = model.time_embedding.linear_2
@@ -267,7 +270,8 @@ def train_vae(recipe, real_train, out_dir: Path, progress: bool) -> tuple[Any, d
 
 
 def components(recipe, real_train, out_dir: Path, progress: bool) -> tuple[dict[str, Any], dict]:
-    """The latent-diffusion parts before denoiser training: a pretrained base, or from config (VAE trained)."""
+    """The latent-diffusion parts before denoiser training: a pretrained base, or from config (VAE
+    trained)."""
     config = recipe.generator
     resolution = real_train.images.shape[1]
     if config.base_model:
@@ -282,8 +286,9 @@ def components(recipe, real_train, out_dir: Path, progress: bool) -> tuple[dict[
     text_encoder, tokenizer = load_text_encoder(config.text_encoder)
     if text_encoder.config.hidden_size != config.cross_attention_dim:
         raise SynthechoError(
-            f"generator.cross_attention_dim is {config.cross_attention_dim} but the text encoder's hidden size "
-            f"is {text_encoder.config.hidden_size}: set cross_attention_dim to {text_encoder.config.hidden_size}."
+            f"generator.cross_attention_dim is {config.cross_attention_dim} but the text encoder's hidden "
+            f"size is {text_encoder.config.hidden_size}: set cross_attention_dim to "
+            f"{text_encoder.config.hidden_size}."
         )
     vae, vae_info = train_vae(recipe, real_train, out_dir, progress)
     latent_size = resolution // vae_factor(vae)
@@ -314,7 +319,8 @@ def train_denoiser(
     learning_rate: float | None = None,
     progress=True,
 ) -> dict:
-    """Train the UNet (controlnet None) or the ControlNet over a frozen UNet, in latent space, with train_loop.
+    """Train the UNet (controlnet None) or the ControlNet over a frozen UNet, in latent space, with
+    train_loop.
 
     VAE and text encoder are frozen and run inside the loss (no_grad), so checkpoints hold only the
     trained model. Mixed precision: the frozen parts run under the same autocast as the trained one.

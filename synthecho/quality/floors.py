@@ -60,7 +60,8 @@ def floor_violations(manifest: dict) -> list[str] | None:
     caught = check["planted"]["stated"]["caught"]
     if caught["n"] < PLANTED_MIN or not rate(caught) >= CATCH_RATE:
         broken.append(
-            f"copy check caught {caught['k']} of {caught['n']} planted copies (need >= {CATCH_RATE} of >= {PLANTED_MIN})"
+            f"copy check caught {caught['k']} of {caught['n']} planted copies (need >= {CATCH_RATE} of >= "
+            f"{PLANTED_MIN})"
         )
     false_positive = check["calibration"]["false_positive"]
     if false_positive["n"] < NULL_MIN or not rate(false_positive) <= FALSE_POSITIVE_RATE:

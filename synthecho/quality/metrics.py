@@ -6,9 +6,9 @@ Two feature spaces, always labelled, never mixed:
   (`Segmenter.features`). Always available; with few hundred images a 64-dimensional covariance is still
   well-conditioned, which a 2048-dimensional Inception one is not.
 - "inception": clean-fid's own Inception-V3 (the torchscript `inception-2015-12-05.pt`, "clean" resize to
-  299 px) when that weights file exists locally. clean-fid would download it; synthecho never downloads weights mid-build, so the
-  path comes from the recipe key `filter.inception_weights` or the environment variable it names, and
-  its absence is reported in plain words instead of a number.
+  299 px) when that weights file exists locally. clean-fid would download it; synthecho never downloads
+  weights mid-build, so the path comes from the recipe key `filter.inception_weights` or the environment
+  variable it names, and its absence is reported in plain words instead of a number.
 
 Both go through clean-fid's `fid_from_feats` and `kernel_distance`. KID draws its random subsets from
 numpy's global RNG, so it is seeded here: the same features give the same KID on every run. KID is

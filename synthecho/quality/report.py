@@ -108,14 +108,15 @@ def quality_markdown(recipe, counts: dict, metrics: dict) -> str:
                 else values.get("note", "–")
             )
             lines.append(
-                f"| {space} | {label} | {values['n_real']} | {values['n_synthetic']} | {kid} | {_fmt(values.get('fid'))} |"
+                f"| {space} | {label} | {values['n_real']} | {values['n_synthetic']} | {kid} | "
+                f"{_fmt(values.get('fid'))} |"
             )
     lines += ["", f"Inception: {metrics['inception_note']}", "", "## Thresholds", ""]
     check = metrics["copy_check"]
     calibration = check["calibration"]
     lines.append(
-        f"- near copy: speckle similarity (max over the row's warped source, its record's other phase and every "
-        f"real train frame) above **{check['threshold']:.4f}** ({calibration['source']}; the "
+        f"- near copy: speckle similarity (max over the row's warped source, its record's other phase and "
+        f"every real train frame) above **{check['threshold']:.4f}** ({calibration['source']}; the "
         f"{calibration['quantile']} quantile of {calibration['pairs']} null pairs, median "
         f"{calibration['null_quantiles']['0.5']:.3f}, max {calibration['null_quantiles']['1.0']:.3f})"
     )
@@ -171,7 +172,10 @@ def _checks_markdown(metrics: dict, counts: dict) -> list[str]:
     ]
     lines += [
         "",
-        "Independent classifier, every generated row before any attribute filter, beside the warped-real counterparts of the same rows:",
+        (
+            "Independent classifier, every generated row before any attribute filter, beside the warped-real "
+            "counterparts of the same rows:"
+        ),
         "",
     ]
     lines += [
@@ -193,7 +197,8 @@ def _checks_markdown(metrics: dict, counts: dict) -> list[str]:
         "",
         f"Rejected as attribute_mismatch: {rejected} of {counts['generated']} generated rows. The filter's "
         f"classifier on the published rows: view {_fraction(fidelity['view_agreement'])}, phase "
-        f"{_fraction(fidelity['phase_agreement'])} (agreement by selection: it is the classifier that kept them).",
+        f"{_fraction(fidelity['phase_agreement'])} (agreement by selection: it is the classifier "
+        f"that kept them).",
     ]
     return lines
 

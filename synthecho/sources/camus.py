@@ -249,7 +249,8 @@ def parse_cfg(path: Path, release: str, *, testing: bool = False) -> dict:
                 parsed[key] = None
                 continue
             raise SynthechoError(
-                f"{path} has no `{key}` key (a {release} cfg needs {', '.join(schema)}); add a `{key}: ...` line."
+                f"{path} has no `{key}` key (a {release} cfg needs {', '.join(schema)}); "
+                f"add a `{key}: ...` line."
             )
         parsed[key] = _parse_value(kind, raw[key], key, path)
     nb_frames = parsed["NbFrame"]
@@ -306,7 +307,8 @@ def _check_gzip_complete(path: Path) -> None:
 
 
 def _read_frame(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
-    """Read one 2-D frame (a singleton 3rd axis is squeezed) -> (array in its stored dtype, (row_mm, col_mm))."""
+    """Read one 2-D frame (a singleton 3rd axis is squeezed) -> (array in its stored dtype,
+    (row_mm, col_mm))."""
     import SimpleITK as sitk
 
     if not path.is_file():
@@ -346,7 +348,8 @@ def _read_frame(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
 
 
 def _to_uint8(array: np.ndarray, path: Path, *, is_mask: bool) -> np.ndarray:
-    """Cast a stored frame to uint8, refusing values that a CAMUS image (0..255) or mask (0..3) cannot hold."""
+    """Cast a stored frame to uint8, refusing values that a CAMUS image (0..255) or mask (0..3) cannot
+    hold."""
     if array.dtype == np.uint8:
         values = array
     else:
@@ -445,7 +448,8 @@ def _read_split_files_2023(dataset: Path) -> dict[str, str]:
         if not path.is_file():
             raise SynthechoError(
                 f"split file {path} is missing; the 2023 release ships database_split/subgroup_"
-                "{training,validation,testing}.txt next to database_nifti/ — copy the whole CAMUS_public folder."
+                "{training,validation,testing}.txt next to database_nifti/ — "
+                "copy the whole CAMUS_public folder."
             )
         ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if not ids:
@@ -458,7 +462,8 @@ def _read_split_files_2023(dataset: Path) -> dict[str, str]:
                     else f"also in {patient_file[patient]}"
                 )
                 raise SynthechoError(
-                    f"split file {path} lists {patient}, which is {where}; each patient belongs to exactly one split."
+                    f"split file {path} lists {patient}, which is {where}; "
+                    f"each patient belongs to exactly one split."
                 )
             if not (dataset / "database_nifti" / patient).is_dir():
                 raise SynthechoError(
@@ -609,7 +614,8 @@ def _plan(
     if release == "2023":
         if split_map is not None:
             raise SynthechoError(
-                "split_map only applies to the 2019 layout; the 2023 release's splits come from database_split/."
+                "split_map only applies to the 2019 layout; the 2023 release's splits come from "
+                "database_split/."
             )
         nifti = dataset / "database_nifti"
         return [(nifti / p, "database_nifti", s, True) for p, s in _read_split_files_2023(dataset).items()]

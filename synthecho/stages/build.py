@@ -82,7 +82,8 @@ def summarize(recipe, run_dir: Path, results: dict, seconds: float) -> str:
     for split, values in sorted(domain.items()):
         if isinstance(values, dict) and "kid_mean" in values:
             lines.append(
-                f"  domain KID {split}: {values['kid_mean']:.4f} ± {values.get('kid_std', 0):.4f}, FID {values.get('fid', float('nan')):.2f}"
+                f"  domain KID {split}: {values['kid_mean']:.4f} ± {values.get('kid_std', 0):.4f}, FID "
+                f"{values.get('fid', float('nan')):.2f}"
             )
     lines.append(
         f"  outputs: {layout.data} (corpus), {layout.card} (card), {layout.manifest}, {layout.reports}"

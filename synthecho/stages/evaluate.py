@@ -120,8 +120,9 @@ def prepare_cap_run(recipe, run_dir: Path, cap: float, *, force: bool = False, p
         counts = {split: pq.read_metadata(sub.real_split(split)).num_rows for split in SPLITS}
         patients = dict(parent_manifest.get("source", {}).get("patients", {}), train=len(chosen))
         note = (
-            f"real-data cap {cap:g}: train split limited to {len(chosen)} of {len(set(table.column('patient').to_pylist()))} "
-            f"patients (seed {recipe.seed}); generator and segmenter trained on this subset only."
+            f"real-data cap {cap:g}: train split limited to {len(chosen)} of "
+            f"{len(set(table.column('patient').to_pylist()))} patients (seed {recipe.seed}); generator and "
+            f"segmenter trained on this subset only."
         )
         source = {**parent_manifest.get("source", {}), "records": counts, "patients": patients, "note": note}
         update_manifest(sub.root, dataset=parent_manifest.get("dataset", {}), source=source)

@@ -138,7 +138,8 @@ def copy_references(recipe, run_dir: Path, real: dict) -> tuple[object, float, d
     if not len(null):
         raise SynthechoError(
             f"{RunLayout.of(run_dir).copy_null} holds no pairs (no train/validation record has a "
-            f"same-anatomy frame): the copy check cannot be calibrated or measured; re-run `synthecho prepare --force`."
+            f"same-anatomy frame): the copy check cannot be calibrated or measured; "
+            f"re-run `synthecho prepare --force`."
         )
     images, sources, patients = null_sources(null, real, perturb_config(recipe), recipe.seed)
     every = check.similarity(images, sources)
@@ -303,7 +304,9 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     fidelity["independent"] = audit_fidelity(scored, judge_metrics)
     fidelity["attribute_threshold"] = attribute_threshold
     copy_check = {
-        "representation": "frame minus its Gaussian blur (speckle band), sector eroded, normalised cross-correlation",
+        "representation": (
+            "frame minus its Gaussian blur (speckle band), sector eroded, normalised cross-correlation"
+        ),
         "compared_with": [
             "own source warped by the row's mask_transform",
             "record's other phase, warped alike",
@@ -315,13 +318,18 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     }
     metrics = {
         "domain": domain,
-        "domain_features": f"segmenter encoder (deepest level, global average pooled, <= {config.feature_dims} dims) at native resolution",
+        "domain_features": (
+            f"segmenter encoder (deepest level, global average pooled, <= {config.feature_dims} dims) "
+            f"at native resolution"
+        ),
         "inception": inception,
         "inception_note": inception_note,
         "real_reference": {"domain": domain_reference, "inception": inception_reference},
         "kid": {"subsets": config.kid_subsets, "subset_size": config.kid_subset_size, "seed": recipe.seed},
         "copy_threshold": copy_threshold,
-        "copy_similarity": "max speckle NCC to the row's warped source, its record's other phase and every real train frame",
+        "copy_similarity": (
+            "max speckle NCC to the row's warped source, its record's other phase and every real train frame"
+        ),
         "copy_check": copy_check,
         "dice_threshold": context.dice_threshold,
         "anatomy_limits": limits.to_dict(),

@@ -189,7 +189,10 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
 
     note = ""
     if release == "2019":
-        note = "CAMUS 2019 release: its testing folder has no labels, so validation and test were carved from training patients."
+        note = (
+            "CAMUS 2019 release: its testing folder has no labels, so validation and test were carved from "
+            "training patients."
+        )
     update_manifest(
         run_dir,
         dataset=dataset_section(recipe),

@@ -169,7 +169,8 @@ def run(
     if not recipe.license:
         raise SynthechoError(
             "publish refuses a corpus without a licence: set the recipe key `license` (e.g. license: "
-            "cc-by-nc-sa-4.0 — the synthetic data derives from CAMUS annotations, distributed for research use)."
+            "cc-by-nc-sa-4.0 — the synthetic data derives from CAMUS annotations, distributed for "
+            "research use)."
         )
     if to is None and repo_id is None:
         raise SynthechoError("say where to publish: --to DIR and/or --repo-id ORG/NAME")
@@ -222,7 +223,10 @@ def run(
                 ]
             for repo, kind in reversed(repos):  # the generator first: the card never links to nothing
                 calls += [
-                    f"upload_folder(repo_id={repo!r}, repo_type='{kind}', commit_message='synthecho {version}')",
+                    (
+                        f"upload_folder(repo_id={repo!r}, repo_type='{kind}', "
+                        f"commit_message='synthecho {version}')"
+                    ),
                     f"create_tag({repo!r}, tag={tag!r}, revision=<commit>, repo_type='{kind}')",
                 ]
         plan = _describe(listing, calls)

@@ -39,14 +39,14 @@ BLOOD_CLASSES = (LV_BLOOD, LA_BLOOD, RV_BLOOD, RA_BLOOD)
 # conical .. 2 elliptic .. boxy), annulus width (fraction of the widest), size factors, ED wall (mm) and
 # basal wall flare.
 FAMILIES = {
-    "conical": dict(peak=(0.9, 1.0), bluntness=(1.0, 1.1), annulus=(0.95, 1.0), tip=(0.03, 0.06), length=1.0, width=1.15,
-                      wall=(8.5, 11.0), flare=(0.0, 0.1), extent=(0.3, 0.5)),
+    "conical": dict(peak=(0.9, 1.0), bluntness=(1.0, 1.1), annulus=(0.95, 1.0), tip=(0.03, 0.06), length=1.0,
+                    width=1.15, wall=(8.5, 11.0), flare=(0.0, 0.1), extent=(0.3, 0.5)),
     "bullet": dict(peak=(0.35, 0.6), bluntness=(1.6, 2.2), annulus=(0.72, 0.92), length=1.0, width=1.0,
                    wall=(8.5, 11.5), flare=(0.0, 0.2), extent=(0.3, 0.4)),
     "spherical": dict(peak=(0.45, 0.55), bluntness=(1.6, 2.2), annulus=(0.78, 0.9), length=0.8, width=1.4,
                       wall=(7.5, 10.0), flare=(0.0, 0.15), extent=(0.3, 0.4)),
-    "hypertrophied": dict(peak=(0.4, 0.55), bluntness=(2.0, 2.8), annulus=(0.92, 1.0), length=0.95, width=0.85,
-                          wall=(12.0, 15.5), flare=(0.0, 0.1), extent=(0.3, 0.5)),
+    "hypertrophied": dict(peak=(0.4, 0.55), bluntness=(2.0, 2.8), annulus=(0.92, 1.0), length=0.95,
+                          width=0.85, wall=(12.0, 15.5), flare=(0.0, 0.1), extent=(0.3, 0.5)),
 }  # fmt: skip
 # Family probabilities by EF band: remodelled spherical hearts are the failing ones.
 FAMILY_PROBABILITIES = {

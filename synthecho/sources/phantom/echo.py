@@ -49,12 +49,12 @@ BLOOD_SCATTERER_FRACTION = 0.08  # "very few weak scatterers" in the blood pools
 #   after TGC; sidelobe: side-lobe level; apical: apical clutter; rib, lung: probability of a rib shadow /
 #   lung at the sector edge.
 QUALITY_PARAMETERS = {
-    "Good": dict(noise=0.006, haze=0.35, haze_depth=12.0, clutter=0.010, dropout=0.25, myo_gain=1.0, atten=0.05,
-                 sidelobe=0.10, apical=0.05, rib=0.25, lung=0.15),
+    "Good": dict(noise=0.006, haze=0.35, haze_depth=12.0, clutter=0.010, dropout=0.25, myo_gain=1.0,
+                 atten=0.05, sidelobe=0.10, apical=0.05, rib=0.25, lung=0.15),
     "Medium": dict(noise=0.012, haze=0.5, haze_depth=20.0, clutter=0.030, dropout=0.55, myo_gain=0.85,
                    atten=0.065, sidelobe=0.18, apical=0.12, rib=0.5, lung=0.3),
-    "Poor": dict(noise=0.025, haze=0.7, haze_depth=35.0, clutter=0.075, dropout=0.85, myo_gain=0.65, atten=0.09,
-                 sidelobe=0.28, apical=0.22, rib=0.75, lung=0.5),
+    "Poor": dict(noise=0.025, haze=0.7, haze_depth=35.0, clutter=0.075, dropout=0.85, myo_gain=0.65,
+                 atten=0.09, sidelobe=0.28, apical=0.22, rib=0.75, lung=0.5),
 }  # fmt: skip
 
 DYNAMIC_RANGE_DB = 50.0  # log compression: 50 dB of echo amplitude -> [0, 255]
@@ -243,7 +243,7 @@ def render_view(
         missing = {1, 2, 3} - set(np.unique(masks[t]).tolist())
         if missing:
             raise SynthechoError(
-                f"phantom {g.view} frame {t}: labels {sorted(missing)} vanished at size {g.height}x{g.width}; "
-                "use a larger --size (at least 32x32)"
+                f"phantom {g.view} frame {t}: labels {sorted(missing)} vanished at size "
+                f"{g.height}x{g.width}; use a larger --size (at least 32x32)"
             )
     return images, masks

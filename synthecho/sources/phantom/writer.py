@@ -252,8 +252,9 @@ _RECORD_ID = re.compile(r"(2023|2019-training|2019-testing)/(patient\d{4})_(2CH|
 
 
 def parse_record_id(record_id: str) -> tuple[str, str, str, str]:
-    """(release group, patient, view, phase) of a CAMUS-reader record id, e.g. ``phantom2023/patient0007_4CH_ES``
-    -> ("2023", "patient0007", "4CH", "ES"); the group is "2023", "2019-training" or "2019-testing"."""
+    """(release group, patient, view, phase) of a CAMUS-reader record id, e.g.
+    ``phantom2023/patient0007_4CH_ES`` -> ("2023", "patient0007", "4CH", "ES"); the group is "2023",
+    "2019-training" or "2019-testing"."""
     match = _RECORD_ID.search(record_id)
     if match is None or not record_id.endswith(match.group(0)):
         raise SynthechoError(
@@ -313,8 +314,8 @@ def check_no_stale_patients(folder: Path, expected: set[str]) -> None:
     )
     if stale:
         raise SynthechoError(
-            f"{folder} already holds patient folders this phantom would not write ({', '.join(stale[:5])}...); "
-            "write the phantom into an empty folder"
+            f"{folder} already holds patient folders this phantom would not write "
+            f"({', '.join(stale[:5])}...); write the phantom into an empty folder"
         )
 
 
