@@ -1,3 +1,5 @@
 from synthecho.cli import main
 
-main()
+# Guarded: worker processes started with "spawn" (synthecho.parallel) import this module again.
+if __name__ == "__main__":
+    main()

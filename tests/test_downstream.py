@@ -248,6 +248,26 @@ def test_classification_every_strategy(splits, tmp_path):
     assert labels_of(splits["test"], "view").tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
 
 
+def test_small_classifier_learns_the_view(splits):
+    """`model: small` (MONAI's Classifier): a different network from ResNet-18, trained by the same loop."""
+    settings = config(classification={"model": "small", "steps": 60, "learning_rate": 3e-3})
+    task = ClassificationTask("view", settings, splits["validation"], splits["test"], device="cpu")
+    assert task.settings["model"].startswith("MONAI Classifier")
+    model = task.new_model(0)
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    before = task.evaluate(model)["summary"]["accuracy"]
+    training = train(task, model, splits["train"], 60, seed=0, progress=False, desc="")
+    after = task.evaluate(model)["summary"]["accuracy"]
+    assert training["best_step"] > 0 and after >= max(before, 0.75), (before, after)
+
+
+def test_classification_model_and_weights_must_agree():
+    with pytest.raises(ValueError, match="set model to resnet18"):
+        config(classification={"model": "small", "pretrained": True})
+    with pytest.raises(ValueError, match="the same length"):
+        config(classification={"model": "small", "channels": [8, 16], "strides": [2]})
+
+
 def test_clipseg_prompt_levels_run_end_to_end(splits, tmp_path):
     weights = save_tiny_clipseg(tmp_path / "tiny-clipseg", image_size=32)
     settings = config(clipseg={"weights": str(weights), "levels": [7]})  # P7: the longest prompts

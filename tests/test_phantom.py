@@ -200,8 +200,10 @@ def test_both_layouts_hold_the_same_patients(tree_2023: Path, tree_2019: Path):
 @pytest.mark.parametrize("layout", ["2023", "2019"])
 def test_same_seed_gives_byte_identical_files(tmp_path: Path, layout: str):
     kwargs = dict(patients=4, seed=3, layout=layout, size=(48, 40), frames=(2, 3))
-    write_phantom(tmp_path / "a", **kwargs)
-    write_phantom(tmp_path / "b", **kwargs)
+    write_phantom(tmp_path / "a", **kwargs)  # rendered by worker processes (synthecho.parallel)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SYNTHECHO_WORKERS", "1")  # ... and here in this process: the same bytes
+        write_phantom(tmp_path / "b", **kwargs)
     write_phantom(tmp_path / "c", **{**kwargs, "seed": 4})
     first, second, other = (file_hashes(tmp_path / name) for name in ("a", "b", "c"))
     assert first == second

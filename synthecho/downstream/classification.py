@@ -1,6 +1,7 @@
 """Downstream classification: ED vs ES (DiffEcho's task, both views pooled) and 2CH vs 4CH.
 
-Model: torchvision `resnet18(weights=None, num_classes=2)` with a 1-channel stem (grayscale frames).
+Model: torchvision `resnet18(weights=None, num_classes=2)` with a 1-channel stem (grayscale frames), or
+with `evaluate.classification.model: small` MONAI's `Classifier` (the phantom recipes: ~9x cheaper).
 DiffEcho fine-tuned ImageNet-pretrained networks; synthecho never downloads weights mid-build, so the
 default is random initialisation. `evaluate.classification.weights` may name a local torchvision
 resnet18 state dict (`.pth` via torch.load(weights_only=True), or `.safetensors`): its RGB stem kernels
@@ -70,8 +71,15 @@ def build_resnet18(weights: str | None = None):
     return model
 
 
+def build_small_cnn(channels, strides, size: int):
+    """MONAI's `Classifier` (residual conv units, one per level), 1 input channel, 2 classes."""
+    from monai.networks.nets import Classifier
+
+    return Classifier((1, size, size), 2, channels=tuple(channels), strides=tuple(strides), num_res_units=1)
+
+
 class ClassificationTask(DownstreamTask):
-    """`phase` or `view`: build, train (select on real validation accuracy) and test a ResNet-18."""
+    """`phase` or `view`: build, train (select on real validation accuracy) and test a classifier."""
 
     effect_metrics = ("p_true", "correct")  # per image; compared patient by patient
 
@@ -85,8 +93,13 @@ class ClassificationTask(DownstreamTask):
         self.input_size = config.input_size
         self.validation_labels = labels_of(validation, task)
         self.test_labels = labels_of(test, task)
+        self.model = config.model
+        self.channels, self.strides = list(config.channels), list(config.strides)
+        native = int(max(validation.images.shape[1:]))  # prepared frames are square
+        self.size = min(self.input_size, native) if self.input_size else native
+        small = f"MONAI Classifier, channels {self.channels}, strides {self.strides}, 1 residual unit"
         self.settings = {
-            "model": "torchvision resnet18, 1-channel stem",
+            "model": "torchvision resnet18, 1-channel stem" if self.model == "resnet18" else small,
             "weights": self.weights,
             **({"input_size": self.input_size} if self.input_size else {}),
             **self.budget_settings(),
@@ -94,6 +107,10 @@ class ClassificationTask(DownstreamTask):
         }
 
     def new_model(self, seed: int):
+        if self.model == "small":
+            return seeded_init(lambda: build_small_cnn(self.channels, self.strides, self.size), seed).to(
+                self.device
+            )
         return seeded_init(lambda: build_resnet18(self.weights), seed).to(self.device)
 
     def inputs(self, frames: np.ndarray):

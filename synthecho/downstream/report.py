@@ -34,14 +34,15 @@ PHANTOM_SCOPE = (
 )
 
 
-def _task_title(name: str) -> str:
+def _task_title(name: str, study: dict) -> str:
     from synthecho.downstream.classification import TASK_TITLES
 
     if name == "segmentation":
         return "Segmentation (MONAI 2-D U-Net)"
     if name.startswith("clipseg-P"):
         return f"CLIPSeg, prompt {name.removeprefix('clipseg-')}"
-    return f"{TASK_TITLES[name]} (ResNet-18)"
+    model = study.get("settings", {}).get(name, {}).get("model", "")
+    return f"{TASK_TITLES[name]} ({'small CNN' if model.startswith('MONAI') else 'ResNet-18'})"
 
 
 def metric_title(metric: str) -> str:
@@ -121,7 +122,7 @@ def _header(recipe, study: dict) -> list[str]:
             else ""
         )
         lines.append(
-            f"- {_task_title(name)}: at most {settings['steps']} steps (synthetic or warped only; "
+            f"- {_task_title(name, study)}: at most {settings['steps']} steps (synthetic or warped only; "
             f"fine-tuning adds at most {settings['finetune_steps']}; what trains on real data from scratch "
             f"gets the same total, {settings['steps'] + settings['finetune_steps']}), batch "
             f"{settings['batch_size']}, lr {settings['learning_rate']:g}, selection every "
@@ -225,8 +226,8 @@ def _effects_table(effects: list[dict], metrics: list[str]) -> list[str]:
     return [*lines, ""]
 
 
-def _task_sections(task_name: str, task: dict) -> list[str]:
-    lines = [f"### {_task_title(task_name)}", "", *_strategy_table(task_name, task)]
+def _task_sections(task_name: str, task: dict, study: dict) -> list[str]:
+    lines = [f"### {_task_title(task_name, study)}", "", *_strategy_table(task_name, task)]
     effects = task.get("effects", [])
     metrics = list(dict.fromkeys(e["metric"] for e in effects))
     plain = [m for m in metrics if not m.startswith("truth_")]
@@ -278,7 +279,7 @@ def render_markdown(recipe, study: dict) -> str:
                 "",
             ]
         for task_name in _ordered(cap["tasks"], study["tasks"]):
-            lines += _task_sections(task_name, cap["tasks"][task_name])
+            lines += _task_sections(task_name, cap["tasks"][task_name], study)
     lines += [
         f"Reproduce: `synthecho evaluate --recipe {recipe.name}` with the settings above (recipe "
         f"sha256 {recipe.content_hash()[:12]}; cached units are reused, `--force` redoes them).",
@@ -336,7 +337,7 @@ def render_chart(study: dict, path: Path) -> None:
             axis.set_xticks(np.arange(len(keys)), labels)
             axis.set_ylim(0, 1.05)
             axis.set_ylabel(ylabel)
-            axis.set_title(f"{_task_title(task_name)}\n{cap['cap'] * 100:g}% real", fontsize=9)
+            axis.set_title(f"{_task_title(task_name, study)}\n{cap['cap'] * 100:g}% real", fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
     for row in axes:
         for axis in row:

@@ -125,13 +125,22 @@ def write_copy_null(recipe, run_dir: Path, records, resolution: int, progress: b
         images.append(image)
 
     if recipe.source.kind == "phantom":
+        from synthecho.parallel import ordered_map
         from synthecho.sources.phantom import rerender_record
 
-        spec = recipe.source.phantom
-        for record in tqdm(sources, desc="copy null (re-render)", disable=not progress, unit="frame"):
-            for k in range(recipe.prepare.copy_null_renders):
-                frame = rerender_record(record.id, spec.model_dump(), speckle_seed=k)
-                add(record, frame, "rerender", f"speckle seed {k}")
+        spec, renders = recipe.source.phantom.model_dump(), recipe.prepare.copy_null_renders
+        jobs = [(record, k) for record in sources for k in range(renders)]
+        frames = ordered_map(
+            rerender_record, [r.id for r, _ in jobs], [spec] * len(jobs), [k for _, k in jobs]
+        )
+        for (record, k), frame in tqdm(
+            zip(jobs, frames, strict=True),
+            total=len(jobs),
+            desc="copy null (re-render)",
+            disable=not progress,
+            unit="frame",
+        ):
+            add(record, frame, "rerender", f"speckle seed {k}")
     else:
         from synthecho.sources.camus import read_sequence_frame
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from synthecho.errors import SynthechoError
 from synthecho.io import write_bytes_atomic, write_text_atomic
+from synthecho.parallel import ordered_map
 from synthecho.sources.phantom.cohort import (
     VIEWS,
     PatientAttributes,
@@ -380,12 +381,27 @@ def write_phantom(
             check_no_stale_patients(out_dir / folder_name, expected)
         truth_folder = out_dir / TRUTH_DIR / "testing"
 
-    # 2. Render and write patient by patient (memory stays flat whatever the cohort size).
+    # 2. Render (on every core: each patient is seeded by its number) and write patient by patient, in
+    #    order, as the renderings arrive.
     writer = ImageWriter(out_dir)
     previews, truth_files = [], set()
+    numbers = range(1, patients + 1)
+    rendered = ordered_map(
+        render_patient,
+        [seed] * patients,
+        numbers,
+        [size] * patients,
+        [tuple(frames)] * patients,
+        [number in reversed_ids for number in numbers],
+    )
     try:
-        for number in tqdm(range(1, patients + 1), desc="phantom patients", unit="patient", disable=None):
-            attributes, records = render_patient(seed, number, size, frames, number in reversed_ids)
+        for number, (attributes, records) in tqdm(
+            zip(numbers, rendered, strict=True),
+            total=patients,
+            desc="phantom patients",
+            unit="patient",
+            disable=None,
+        ):
             folder, pid, with_gt = targets[patient_id(number)]
             if layout == "2023":
                 write_patient_2023(writer, folder, pid, attributes, records)

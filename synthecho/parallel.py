@@ -1,0 +1,50 @@
+"""Run a pure function over many inputs on every CPU core, results in input order.
+
+The phantom's rendering (patients in `prepare`, re-renderings for the copy null) is single-threaded numpy
+and scipy, so on a 2-core machine half the CPU sat idle. Each call is seeded by its own arguments, so the
+results are byte-identical whether they come from one process or several.
+
+Worker processes are started with "spawn": the parent may already hold torch's thread pools, which a
+forked child would inherit in an undefined state. `SYNTHECHO_WORKERS=1` runs everything in this process
+(as a debugger wants it); the default is one worker per CPU this process may use.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from synthecho.errors import SynthechoError
+
+WORKERS_VARIABLE = "SYNTHECHO_WORKERS"
+
+
+def worker_count(tasks: int) -> int:
+    """Processes to use for `tasks` calls: $SYNTHECHO_WORKERS, else the usable CPUs; never more than tasks."""
+    value = os.environ.get(WORKERS_VARIABLE, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise SynthechoError(f"${WORKERS_VARIABLE} must be a whole number >= 1, got {value!r}")
+        wanted = int(value)
+    else:
+        wanted = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(wanted, tasks))
+
+
+def ordered_map(function: Callable[..., Any], *arguments: Iterable[Any]) -> Iterator[Any]:
+    """`map(function, *arguments)` spread over worker processes; yields results in input order.
+
+    `function` must be importable by name (a module-level function) and its arguments picklable.
+    """
+    columns = [list(column) for column in arguments]
+    tasks = len(columns[0]) if columns else 0
+    workers = worker_count(tasks)
+    if workers == 1:
+        yield from map(function, *columns)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from pool.map(function, *columns)
