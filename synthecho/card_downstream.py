@@ -30,6 +30,14 @@ def _converged(entry: dict) -> str | None:
     return f"{sum(flag is True for flag in flags)}/{len(flags)}"
 
 
+def task_model(settings: dict) -> str | None:
+    """The network a task trained, as its settings record it (studies before 0.3.0 name no classifier)."""
+    if "model" in settings:
+        return settings["model"]
+    architecture = settings.get("architecture")
+    return f"MONAI UNet, channels {architecture['channels']}" if architecture else None
+
+
 def downstream_tables(downstream: dict) -> list[dict]:
     """One table per (real-data cap, task): strategy rows, mean ± std over seeds of the headline metrics
     (and, in studies that record it, how many seeds converged)."""
@@ -57,6 +65,7 @@ def downstream_tables(downstream: dict) -> list[dict]:
                 tables.append(
                     {
                         "task": task,
+                        "model": task_model(downstream.get("settings", {}).get(task, {})),
                         "cap": percent(float(cap.get("cap", 1.0))),
                         "columns": titles,
                         "rows": rows,

@@ -29,6 +29,11 @@ KNOWN_SHORTFALLS = {
         "attribute_mismatch rejected 24 of 208 generated rows (> 5%)",
         "copy check flagged 6 of 416 null pairs (need <= 0.01 on >= 300)",
     ],
+    ("demo", "0.3.0"): [  # 0.2.0's rows, byte for byte: the same three
+        "view agreement 0.861 < 0.95",
+        "attribute_mismatch rejected 24 of 208 generated rows (> 5%)",
+        "copy check flagged 6 of 416 null pairs (need <= 0.01 on >= 300)",
+    ],
 }
 
 
@@ -127,6 +132,16 @@ KNOWN_STUDY_SHORTFALLS = {
         "cap-1/segmentation/synthetic: not converged (seeds [0, 1, 2])",
         "cap-1/view/real: not converged (seeds [1, 2])",
         "cap-1/view/real_plus_synthetic: not converged (seeds [1, 2])",
+    ],
+    ("demo", "0.3.0"): [  # the small classifiers converge more often; the 150-step U-Nets still do not
+        "cap-1/phase/pretrain_finetune: not converged (seeds [0])",
+        "cap-1/phase/real_plus_synthetic: not converged (seeds [0])",
+        "cap-1/segmentation/pretrain_finetune: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/real: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/real_plus_synthetic: not converged (seeds [1, 2])",
+        "cap-1/segmentation/synthetic: not converged (seeds [0, 1, 2])",
+        "cap-1/view/pretrain_finetune: not converged (seeds [1])",
+        "cap-1/view/synthetic: not converged (seeds [0])",
     ],
 }
 

@@ -111,8 +111,12 @@ def write_copy_null(recipe, run_dir: Path, records, resolution: int, progress: b
     sources = [r for r in records if r.split in ("train", "validation") and r.mask is not None]
     pairs, images = [], []
 
+    sectors: dict[str, object] = {}  # one per record: every frame made from it shares its sector
+
     def add(record, frame, kind: str, detail: str, made_from: str = "") -> None:
-        image, _, _ = resize_frame(frame, record.mask, sector_from_image(record.image), resolution)
+        if record.id not in sectors:
+            sectors[record.id] = sector_from_image(record.image)
+        image, _, _ = resize_frame(frame, record.mask, sectors[record.id], resolution)
         pairs.append(
             {
                 "record_id": record.id,
