@@ -86,6 +86,10 @@ class RunLayout:
         """Completion marker of a trained model folder ("generator" or "segmenter")."""
         return self.root / part / ".complete.json"
 
+    def model_checkpoints(self, part: str) -> Path:
+        """Training checkpoints of a model folder ("generator" or "segmenter"); a rerun resumes from them."""
+        return self.root / part / "checkpoints"
+
     @property
     def generator_grid(self) -> Path:
         """The generator's sample grid as `train` copies it into the reports (the card shows it)."""

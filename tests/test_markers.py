@@ -95,3 +95,16 @@ def test_every_marker_of_a_run_has_the_one_schema(tmp_path):
         p for p in run.rglob("*") if p.name.endswith((".hash", ".done.json")) or p.name == ".complete"
     ]
     assert leftovers == []
+
+
+def test_train_force_retrains_from_step_zero(tmp_path):
+    """`--force` redoes the training: the old checkpoints go with the markers (they would be resumed)."""
+    from synthecho.manifest import read_manifest
+    from synthecho.stages import run_stage
+
+    recipe, run = load_recipe("demo", TINY), tmp_path / "run"
+    run_stage("prepare", recipe, run, progress=False)
+    run_stage("train", recipe, run, progress=False)
+    assert (run / "generator" / "checkpoints" / "step-2").is_dir()
+    run_stage("train", recipe, run, force=True, progress=False)
+    assert read_manifest(run)["generator"]["train"]["start_step"] == 0

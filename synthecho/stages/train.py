@@ -97,6 +97,14 @@ def _train_once(recipe, run_dir: Path, part: str, train_fn, *, main: bool = True
     return info
 
 
+def _forget_models(layout: RunLayout) -> None:
+    """What `--force` redoes: the models' markers and their checkpoints (else training would resume from
+    its last checkpoint and redo nothing)."""
+    for part in ("generator", "segmenter"):
+        remove_marker(layout.model_marker(part))
+        shutil.rmtree(layout.model_checkpoints(part), ignore_errors=True)
+
+
 def _start_together(run_dir: Path, main: bool, force: bool) -> None:
     """Every process starts from the same markers: the main process clears what is redone, then all meet.
 
@@ -106,8 +114,7 @@ def _start_together(run_dir: Path, main: bool, force: bool) -> None:
 
     if main:
         if force:
-            for part in ("generator", "segmenter"):
-                remove_marker(RunLayout.of(run_dir).model_marker(part))
+            _forget_models(RunLayout.of(run_dir))
         invalidate(run_dir, "train")
     wait_for_everyone()
 
@@ -132,8 +139,7 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
     if processes > 1:
         _start_together(run_dir, rank == 0, force)
     elif force:
-        for part in ("generator", "segmenter"):
-            remove_marker(layout.model_marker(part))
+        _forget_models(layout)
     real_train, real_validation = load_real(run_dir, "train"), load_real(run_dir, "validation")
 
     generator = get_generator(recipe.generator.kind)
