@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -47,4 +48,12 @@ def ordered_map(function: Callable[..., Any], *arguments: Iterable[Any]) -> Iter
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        yield from pool.map(function, *columns)
+        # A few calls in flight per worker, not all at once: results wait in memory only until the
+        # caller takes them, so memory stays flat whatever the number of calls (a large phantom).
+        pending: deque = deque()
+        for call in zip(*columns, strict=True):
+            pending.append(pool.submit(function, *call))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
