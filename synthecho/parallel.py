@@ -6,7 +6,9 @@ results are byte-identical whether they come from one process or several.
 
 Worker processes are started with "spawn": the parent may already hold torch's thread pools, which a
 forked child would inherit in an undefined state. `SYNTHECHO_WORKERS=1` runs everything in this process
-(as a debugger wants it); the default is one worker per CPU this process may use.
+(as a debugger wants it); the default is one worker per CPU this process may use. As with any spawned
+worker, a script that calls this (e.g. through `write_phantom`) keeps its top-level code under
+`if __name__ == "__main__":`, since each worker imports the script again.
 """
 
 from __future__ import annotations
