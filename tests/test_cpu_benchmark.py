@@ -11,40 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_builds import TINY_BUILD
 
 from synthecho import profiling
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "benchmarks" / "cpu.py"
 
-# The demo shrunk to seconds per stage: 32 px, a few steps of everything, one seed, 4 rows per split.
-# Dice thresholds of 0 let the barely trained generator's rows pass, so every downstream strategy runs.
+# The demo shrunk to seconds per stage (tests/tiny_builds.py), 4 rows per split.
 TINY = [
+    *TINY_BUILD,
     "source.phantom.patients=6",
-    "source.phantom.size=[96, 80]",
-    "prepare.resolution=32",
-    "prepare.copy_null_renders=1",
-    "train.steps=4",
-    "train.checkpoint_every=2",
-    "train.grid_sampler_steps=1",
-    "segmenter.steps=4",
-    "segmenter.validate_every=2",
     "generate.max_records_per_split=2",
-    "generate.steps=2",
-    "generate.batch_size=4",
-    "generate.batches_per_shard=1",
-    "filter.kid_subsets=5",
-    "filter.kid_subset_size=2",
-    "filter.attribute_steps=2",  # the audit's classifiers: 200 steps x 11 fits would dominate
-    "filter.dice_threshold={lv: 0.0, myo: 0.0, la: 0.0}",
-    "evaluate.seeds=[0]",
-    "evaluate.validate_every=2",
-    "evaluate.batch_size=4",
     "evaluate.segmentation.steps=2",
     "evaluate.segmentation.finetune_steps=1",
-    "evaluate.classification.steps=2",
     "evaluate.classification.finetune_steps=1",
-    "evaluate.classification.batch_size=4",
 ]
 
 

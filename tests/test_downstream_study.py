@@ -8,47 +8,29 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_builds import TINY_BUILD
 
 from synthecho.formatting import STRATEGY_TITLES
 
 pytestmark = pytest.mark.slow  # a full build (two generators, two corpora, 84 small fits): ~1-3 min
 
-# phantom-study at toy size: 32 px, a few steps of everything, one seed; 6 test patients (the fewest that
-# get a p-value); filter thresholds that let the barely trained generator's rows pass.
+# phantom-study at toy size (tests/tiny_builds.py); 6 test patients (the fewest that get a p-value), a
+# filter that keeps every row, both real-data caps, tiny U-Nets.
 TINY_STUDY = [
+    *TINY_BUILD,
     "source.phantom.patients=14",
     "source.phantom.test_patients=6",
-    "source.phantom.size=[96, 80]",
-    "prepare.resolution=32",
-    "prepare.copy_null_renders=1",
-    "train.steps=4",
-    "train.checkpoint_every=2",
-    "train.grid_sampler_steps=1",
-    "segmenter.steps=4",
-    "segmenter.validate_every=2",
     "generate.max_records_per_split=4",
-    "generate.steps=2",
-    "generate.batch_size=4",
-    "generate.batches_per_shard=1",
-    "filter.kid_subsets=5",
-    "filter.kid_subset_size=2",
-    "filter.dice_threshold={lv: 0.0, myo: 0.0, la: 0.0}",
     "filter.attribute_threshold={view: null, phase: null}",
     "filter.copy_threshold=1.0",
-    "filter.attribute_steps=2",
-    "evaluate.seeds=[0]",
     "evaluate.real_caps=[0.5, 1.0]",
     "evaluate.confirmatory.cap=0.5",
-    "evaluate.validate_every=2",
     "evaluate.patience=1",
-    "evaluate.batch_size=4",
     "evaluate.segmentation.channels=[4, 8, 8]",
     "evaluate.segmentation.strides=[2, 2]",
     "evaluate.segmentation.steps=4",
     "evaluate.segmentation.finetune_steps=2",
-    "evaluate.classification.steps=2",
     "evaluate.classification.finetune_steps=2",
-    "evaluate.classification.batch_size=4",
 ]
 
 
