@@ -120,8 +120,15 @@ def card_data(manifest: dict):
 
 
 def render_card(manifest: dict) -> str:
-    """The dataset card (README.md text) of a manifest; the same manifest gives the same bytes."""
+    """The dataset card (README.md text) of a manifest; the same manifest gives the same bytes.
+
+    A comparison manifest (`synthecho compare`) is no dataset: its card is the comparison's table."""
     from huggingface_hub import DatasetCard
+
+    from synthecho.comparison import COMPARISON_KIND, render_comparison
+
+    if manifest.get("kind") == COMPARISON_KIND:
+        return render_comparison(manifest)
 
     data = card_data(manifest)
     text = render("dataset_card.md", card_data=data.to_yaml(), **card_context(manifest))

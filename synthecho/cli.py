@@ -301,6 +301,66 @@ def build(
 
 @app.command()
 @friendly_errors
+def compare(
+    comparison: Annotated[str, typer.Argument(help="phantom (built-in, CPU) or 9k (CAMUS, GPU recipes)")],
+    set: SetOption = None,
+    run_root: Annotated[
+        Path | None, typer.Option("--run-root", help="members go to ROOT/<recipe>; default runs/<comparison>")
+    ] = None,
+    check_only: Annotated[bool, typer.Option("--check", help="run nothing; list missing inputs")] = False,
+    commit: Annotated[
+        bool, typer.Option("--commit", help="also write manifests/<name>/<version>.json and cards/<name>/")
+    ] = False,
+    repo_root: Annotated[Path, typer.Option(help="repository holding cards/ and manifests/")] = Path("."),
+    threads: ThreadsOption = None,
+):
+    """Build the four generators' corpora with shared settings and compare them (table, grid, sweep)."""
+    import shutil
+
+    from synthecho.stages import build as pipeline
+    from synthecho.stages import compare as comparing
+
+    if comparison not in comparing.COMPARISONS:
+        raise SynthechoError(f"comparison {comparison!r}: expected one of {', '.join(comparing.COMPARISONS)}")
+    spec = comparing.COMPARISONS[comparison]
+    root = run_root or Path("runs") / spec.name
+    overrides = [*comparing.SHARED_SETTINGS, *spec.settings, *(set or [])]
+    members = {}
+    for name, folder in comparing.member_run_dirs(spec, root).items():
+        loaded, _ = _load(name, overrides, folder, threads)
+        members[name] = (loaded, folder)
+    from synthecho.comparison import check_recipes_fair
+
+    check_recipes_fair({name: loaded.model_dump(mode="json") for name, (loaded, _) in members.items()})
+    problems = []  # every member's missing inputs at once, before anything is built
+    for name, (loaded, folder) in members.items():
+        try:
+            pipeline.check(loaded, {*pipeline.pending_stages(loaded, folder)})
+        except SynthechoError as error:
+            problems.append(f"{name}: {error}")
+    if problems:
+        raise SynthechoError(f"comparison {spec.name} cannot start:\n" + "\n".join(problems))
+    if check_only:
+        typer.echo(f"{spec.name}: every member's outside inputs are here ({', '.join(members)})")
+        return
+    for loaded, folder in members.values():
+        typer.echo(pipeline.build(loaded, folder))
+    command = f"synthecho compare {comparison}" + "".join(f" --set {o}" for o in set or [])
+    manifest = comparing.run(spec, members, root, command=command)
+    typer.echo(f"{spec.name}: {root / 'README.md'} ({manifest['seconds'] / 60:.1f} min in all)")
+    if commit:
+        manifests = repo_root / "manifests" / spec.name
+        cards_dir = repo_root / "cards" / spec.name
+        manifests.mkdir(parents=True, exist_ok=True)
+        cards_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / "comparison.json", manifests / f"{spec.version}.json")
+        for name in ("README.md", "comparison_grid.png", "sampler_sweep.png", "downstream_effects.png"):
+            shutil.copyfile(root / name, cards_dir / name)
+        typer.echo(f"committed copies: {manifests / f'{spec.version}.json'}, {cards_dir}")
+
+
+@app.command()
+@friendly_errors
 def check(
     recipe: RecipeOption, set: SetOption = None, run_dir: RunDirOption = None, force: ForceOption = False
 ):

@@ -73,13 +73,14 @@ def floor_violations(manifest: dict) -> list[str] | None:
 
 
 def newest_manifests(root: Path) -> dict[str, Path]:
-    """Corpus name -> its newest committed manifest (`<root>/<name>/<version>.json`, semantic versions)."""
+    """Corpus name -> its newest committed manifest (`<root>/<name>/<version>.json`, semantic versions).
+    Comparisons (`synthecho compare`, `"kind": "comparison"`) publish no rows and are left out."""
     from packaging.version import Version
 
     newest = {}
     for folder in sorted(path for path in Path(root).iterdir() if path.is_dir()):
         versions = sorted(folder.glob("*.json"), key=lambda path: Version(path.stem))
-        if versions:
+        if versions and json.loads(versions[-1].read_text()).get("kind") != "comparison":
             newest[folder.name] = versions[-1]
     return newest
 
