@@ -98,6 +98,10 @@ def member_summary(manifest: dict) -> dict:
         "dataset": manifest["dataset"]["name"],
         "version": manifest["dataset"]["version"],
         "recipe_sha256": manifest.get("recipe_sha256"),
+        # the published rows: equal to a committed version's exactly when the rows are that version's
+        "data_content_hashes": [
+            shard["content_hash"] for shard in manifest.get("shards", {}).get("data", [])
+        ],
         "generator": generation.get("generator"),
         "kind": manifest.get("generator", {}).get("kind"),
         "mask_source": generation.get("mask_source"),
