@@ -202,6 +202,7 @@ def _sampling(manifest: dict) -> dict | None:
         "images": number(manifest_get(manifest, "counts.generated")),
         "seconds": number(generation.get("seconds"), 0),
         "images_per_second": number(generation.get("images_per_second"), 2),
+        "mask_source": generation.get("mask_source", "conditioning"),
     }
 
 
