@@ -82,18 +82,18 @@ EFFECT_FIELDS = ("metric", "mean_difference", "ci_low", "ci_high", "n", "improve
 
 def member_summary(manifest: dict) -> dict:
     """What the comparison table shows of one member, copied from its manifest."""
-    metrics = manifest.get("metrics", {})
-    counts = manifest.get("counts", {})
-    generation = manifest.get("generation", {})
-    judge = metrics.get("attribute_fidelity", {}).get("independent", {}).get("generated", {})
-    downstream = manifest.get("downstream", {})
+    metrics = manifest.get("metrics") or {}
+    counts = manifest.get("counts") or {}
+    generation = manifest.get("generation") or {}
+    judge = ((metrics.get("attribute_fidelity") or {}).get("independent") or {}).get("generated") or {}
+    downstream = manifest.get("downstream") or {}
     effects = {}
     for cap_name, cap in downstream.get("caps", {}).items():
         for task, found in cap.get("tasks", {}).items():
             for effect in found.get("effects", []):
                 key = f"{cap_name}/{task}/{effect['a']}-vs-{effect['b']}"
                 effects[key] = {name: effect.get(name) for name in EFFECT_FIELDS}
-    train = manifest.get("generator", {}).get("train", {})
+    train = (manifest.get("generator") or {}).get("train") or {}
     return {
         "dataset": manifest["dataset"]["name"],
         "version": manifest["dataset"]["version"],
@@ -103,18 +103,18 @@ def member_summary(manifest: dict) -> dict:
             shard["content_hash"] for shard in manifest.get("shards", {}).get("data", [])
         ],
         "generator": generation.get("generator"),
-        "kind": manifest.get("generator", {}).get("kind"),
+        "kind": (manifest.get("generator") or {}).get("kind"),
         "mask_source": generation.get("mask_source"),
         "conditioned_on": generation.get("conditioned_on"),
         "sampler": f"{generation.get('sampler')} {generation.get('steps')} steps",
         "generated": counts.get("generated"),
         "passed": counts.get("passed"),
-        "near_copy": counts.get("rejected", {}).get("near_copy"),
-        "mask_dice": metrics.get("mask_fidelity", {}).get("mean_dice"),
+        "near_copy": (counts.get("rejected") or {}).get("near_copy"),
+        "mask_dice": (metrics.get("mask_fidelity") or {}).get("mean_dice"),
         "view_agreement": judge.get("view"),
         "phase_agreement": judge.get("phase"),
         "inception": metrics.get("inception"),
-        "train_seconds": manifest.get("stages", {}).get("train", {}).get("seconds"),
+        "train_seconds": ((manifest.get("stages") or {}).get("train") or {}).get("seconds"),
         "train_steps": train.get("steps"),
         "images_per_second": generation.get("images_per_second"),
         "downstream_effects": effects,
