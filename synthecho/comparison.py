@@ -174,7 +174,9 @@ def render_comparison(manifest: dict) -> str:
         "",
         manifest["description"].strip(),
         "",
-        f"Built with `{manifest['command']}` in {manifest['seconds'] / 60:.0f} min on {manifest['machine']}.",
+        f"Built with `{manifest['command']}` in {manifest['seconds'] / 60:.0f} min on {manifest['machine']}. "
+        "A member's rows are its published version's where that version was built on the same CPU model; "
+        "elsewhere they differ by floating point (the generator trains to other weights).",
         "Every member shares the parts below (checked from the manifests; a comparison of runs that differ "
         "in any of them is refused):",
         "",
