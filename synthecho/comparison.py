@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from synthecho.errors import SynthechoError
 from synthecho.formatting import effect_interval
+from synthecho.layout import cap_label
 
 COMPARISON_KIND = "comparison"
 
@@ -222,7 +223,7 @@ def render_comparison(manifest: dict) -> str:
         "| generator | task | " + " | ".join(label for label, _, _ in EFFECT_COLUMNS) + " |",
         "|---|---|" + "---|" * len(EFFECT_COLUMNS),
     ]
-    cap_key = "cap-1" if float(cap) == 1.0 else f"cap-{cap}"
+    cap_key = cap_label(float(cap))
     for name, member in members.items():
         for task in manifest["tasks"]:
             cells = [_effect(member["downstream_effects"].get(f"{cap_key}/{task}/{a}-vs-{b}"))

@@ -131,6 +131,11 @@ class RunLayout:
         return self.root / "caps" / label
 
 
+def cap_label(cap: float) -> str:
+    """Folder / key name of a real-data cap (`RunLayout.cap_run`, the study's `caps` keys): cap-0.25."""
+    return f"cap-{cap:g}"
+
+
 class hub:  # noqa: N801 - a namespace of constants, read as `hub.DATA_PATTERN`
     """The published dataset repository, identical in a local folder (`publish --to`) and on the Hub."""
 

@@ -142,7 +142,7 @@ def confirmatory_family(study: dict, config) -> dict:
     detects with 80 % power at Holm's first-step level (alpha / family size), given the observed spread of
     the per-patient differences.
     """
-    from synthecho.downstream.study import cap_label
+    from synthecho.layout import cap_label
 
     family: dict = {
         "cap": config.cap,

@@ -34,11 +34,6 @@ SYNTHETIC_STRATEGIES = tuple(name for name in TRAINED_ON if corpora_of(name) != 
 # --- real-data caps ----------------------------------------------------------------------------------
 
 
-def cap_label(cap: float) -> str:
-    """Folder / key name of a cap: cap-0.25, cap-1."""
-    return f"cap-{cap:g}"
-
-
 def capped_patients(patients: list[str], cap: float, seed: int) -> list[str]:
     """round(cap x len(patients)) patients (>= 1), drawn without replacement with `seed`, sorted."""
     patients = sorted(set(patients))

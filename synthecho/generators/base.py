@@ -428,6 +428,18 @@ def pixel_frames(x) -> np.ndarray:
     return ((x[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
+def row_masks(sampler: Sampler, result: SampleBatch, images: np.ndarray, conditioning_masks, segmenter):
+    """The (B, H, W) 0..3 masks a batch of rows carries, by the sampler's `mask_source`: the
+    conditioning masks it followed, the masks it drew itself, or the segmenter's labels of `images`."""
+    if sampler.mask_source == "conditioning":
+        return conditioning_masks
+    if sampler.mask_source == "generated":
+        if result.masks is None:
+            raise SynthechoError(f"generator {sampler.kind} says mask_source 'generated' but returned none")
+        return as_uint8(result.masks, 3)
+    return segmenter.predict(images)
+
+
 def as_uint8(array, high: int) -> np.ndarray:
     """Sampler output as uint8 in [0, high]; NaN/inf become 0 so degenerate rows are written, not fatal."""
     array = np.asarray(array)

@@ -437,3 +437,15 @@ def cross_validate(
         "fold_seed": fold_seed,
         "frames": real.split,
     }
+
+
+def fit_judge(recipe, frames: RealSplit, *, progress: bool = True) -> tuple[AttributeJudge, dict]:
+    """The independent judge of `recipe`'s rows, trained on `frames` (real train + validation): the judge
+    architecture with seed and fold seed recipe.seed + 1 (the filter's classifier has recipe.seed), the
+    filter's budget and phase-free augmentation. The filter audits with it; a comparison re-fits it."""
+    from synthecho.plan import perturb_config
+
+    seed = recipe.seed + 1
+    return cross_validate(frames, ARCHITECTURES["judge"], folds=FOLDS, fold_seed=seed, seed=seed,
+                          steps=recipe.filter.attribute_steps, progress=progress,
+                          augment=phase_free(perturb_config(recipe)))  # fmt: skip

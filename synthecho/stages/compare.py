@@ -104,18 +104,6 @@ def _generated_train_frames(run_dir: Path) -> tuple[np.ndarray, list[str]]:
     return np.stack(images), patients
 
 
-def _judge(recipe, real: dict, progress: bool):
-    """The filter's judge, retrained the same way (architecture, seed, folds): it is seconds of work."""
-    from synthecho.plan import perturb_config
-    from synthecho.quality.attributes import ARCHITECTURES, cross_validate, phase_free, pooled
-
-    frames = pooled(real["train"], real["validation"])
-    judge, _ = cross_validate(frames, ARCHITECTURES["judge"], fold_seed=recipe.seed + 1, seed=recipe.seed + 1,
-                              steps=recipe.filter.attribute_steps, progress=progress,
-                              augment=phase_free(perturb_config(recipe)))  # fmt: skip
-    return judge
-
-
 def _spread(rows: list, count: int) -> list:
     """`count` rows spread over the list (so over patients and views), in plan order."""
     if len(rows) <= count:
@@ -126,7 +114,7 @@ def _spread(rows: list, count: int) -> list:
 def _sample(sampler, segmenter, rows, real, *, name: str, steps: int, guidance: float, batch_size: int = 8):
     """(images, the masks the rows carry, seconds) for plan rows, as `generate` makes them: conditioning
     masks, the generator's own masks, or the segmenter's labels of its frames (`mask_source`)."""
-    from synthecho.generators.base import as_uint8
+    from synthecho.generators.base import as_uint8, row_masks
     from synthecho.plan import conditioning, row_attributes
 
     images, masks, started = [], [], time.perf_counter()
@@ -138,12 +126,7 @@ def _sample(sampler, segmenter, rows, real, *, name: str, steps: int, guidance: 
                                 attributes=row_attributes(batch))  # fmt: skip
         frames = as_uint8(result.images, 255)
         images.append(frames)
-        if sampler.mask_source == "conditioning":
-            masks.append(cond_masks)
-        elif sampler.mask_source == "generated":
-            masks.append(as_uint8(result.masks, 3))
-        else:
-            masks.append(segmenter.predict(frames))
+        masks.append(row_masks(sampler, result, frames, cond_masks, segmenter))
     return np.concatenate(images), np.concatenate(masks), time.perf_counter() - started
 
 
@@ -188,6 +171,7 @@ def run(spec: ComparisonSpec, members: dict, out_dir: Path, *, command: str,
     from synthecho.layout import RunLayout
     from synthecho.manifest import environment_info, read_manifest
     from synthecho.plan import build_plan
+    from synthecho.quality.attributes import fit_judge, pooled
     from synthecho.quality.realism import positive_control, two_sample_auc
     from synthecho.real import load_real
     from synthecho.segmenter import load_segmenter
@@ -212,7 +196,8 @@ def run(spec: ComparisonSpec, members: dict, out_dir: Path, *, command: str,
         )
 
     segmenter = load_segmenter(RunLayout.of(first_run).segmenter)
-    judge = _judge(first_recipe, real, progress)
+    # The filter's judge, re-fitted exactly as the filter fits it (seconds of work).
+    judge, _ = fit_judge(first_recipe, pooled(real["train"], real["validation"]), progress=progress)
     samplers = {
         name: get_generator(recipe.generator.kind).load(RunLayout.of(run_dir).generator, device="cpu")
         for name, (recipe, run_dir) in members.items()
@@ -352,9 +337,9 @@ def _effects_chart(manifest: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from synthecho.comparison import EFFECT_COLUMNS
+    from synthecho.layout import cap_label
 
-    cap = manifest["downstream_cap"]
-    cap_key = "cap-1" if float(cap) == 1.0 else f"cap-{cap}"
+    cap_key = cap_label(float(manifest["downstream_cap"]))
     members = {name: manifest["members"][name] for name in manifest["order"]}
     tasks = manifest["tasks"]
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), dpi=100, squeeze=False)

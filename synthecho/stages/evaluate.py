@@ -37,7 +37,6 @@ from synthecho.downstream.report import REPORT_MD, REPORT_PNG, render_chart, ren
 from synthecho.downstream.segmentation import label_noise_dice
 from synthecho.downstream.study import (
     build_tasks,
-    cap_label,
     capped_patients,
     corpus_fingerprint,
     run_task,
@@ -46,7 +45,7 @@ from synthecho.downstream.study import (
 )
 from synthecho.errors import SynthechoError
 from synthecho.io import atomic_path, sha256_file, sha256_json, write_json_atomic, write_text_atomic
-from synthecho.layout import RunLayout
+from synthecho.layout import RunLayout, cap_label
 from synthecho.markers import current_info, write_marker
 from synthecho.real import SPLITS, load_real
 from synthecho.stages import is_current, mark_done, read_stage_marker, run_stage

@@ -75,9 +75,9 @@ def attribute_references(recipe, real: dict, progress: bool) -> tuple[object, ob
     from synthecho.quality.attributes import (
         ARCHITECTURES,
         AUGMENT_COPIES,
-        FOLDS,
         cross_validate,
         fit_classifier,
+        fit_judge,
         phase_free,
         pooled,
     )
@@ -108,14 +108,11 @@ def attribute_references(recipe, real: dict, progress: bool) -> tuple[object, ob
         "seconds": round(time.perf_counter() - started, 3),
     }
     started = time.perf_counter()
-    judge_seed = recipe.seed + 1
-    judge, judge_cv = cross_validate(
-        frames, ARCHITECTURES["judge"], folds=FOLDS, fold_seed=judge_seed, seed=judge_seed, **options
-    )
+    judge, judge_cv = fit_judge(recipe, frames, progress=progress)
     judge_metrics = {
         "model": ARCHITECTURES["judge"].description,
         "augmentation": augmentation,
-        "seed": judge_seed,
+        "seed": recipe.seed + 1,
         "steps": recipe.filter.attribute_steps,
         "real": judge_cv,
         "seconds": round(time.perf_counter() - started, 3),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from synthecho import profiling
 from synthecho.errors import SynthechoError
-from synthecho.generators.base import as_uint8
+from synthecho.generators.base import as_uint8, row_masks
 from synthecho.io import sha256_json, sha256_model_folder
 from synthecho.layout import RunLayout
 from synthecho.plan import (
@@ -268,16 +268,7 @@ def run(
                         attributes=row_attributes(batch),
                     )
                 images = as_uint8(result.images, 255)
-                if sampler.mask_source == "conditioning":
-                    masks = cond_masks
-                elif sampler.mask_source == "generated":
-                    if result.masks is None:
-                        raise SynthechoError(
-                            f"generator {sampler.kind} says mask_source 'generated' but returned none"
-                        )
-                    masks = as_uint8(result.masks, 3)
-                else:
-                    masks = segmenter.predict(images)
+                masks = row_masks(sampler, result, images, cond_masks, segmenter)
                 rows = batch_rows(batch, images, masks, common, bool(sampler.uses_prompt))
                 writer.submit(add_shapes_and_write, open_files[-1], rows)
                 bar.update(len(batch))
