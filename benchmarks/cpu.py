@@ -13,8 +13,8 @@ Every stage runs through `synthecho.stages.run_stage` (forced, so nothing is ski
 
 1. a header line: CPU model, torch's CPU capability and thread count, torch version, whether
    ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA are set, and the load average (the machine may be shared);
-2. per stage: wall and CPU seconds (process time of all threads) and the stage's own figures: generator
-   and segmenter s/step (train), img/s (generate), rows passed and rejected (filter);
+2. per stage: wall and CPU seconds (all threads, and worker processes once they end) and the stage's own
+   figures: generator and segmenter s/step (train), img/s (generate), rows passed and rejected (filter);
 3. the evaluate stage's seconds per task and strategy (training and testing of each model);
 4. the split of each stage into the profiled sections (data, forward, backward + optimizer step,
    validation, checkpoint, sampling, PNG encoding, Parquet writing, ...) and the time outside them.
@@ -45,6 +45,13 @@ UNIT_PREFIX = "evaluate/"  # evaluate/<task>/<strategy>: whole units, which encl
 
 
 # --- measuring ------------------------------------------------------------------------------------------
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process's threads and of its ended children (the phantom's renderers, the
+    filter's classifier fits run in worker processes)."""
+    times = os.times()
+    return time.process_time() + times.children_user + times.children_system
 
 
 def environment() -> dict:
@@ -162,9 +169,9 @@ def run_benchmark(args) -> None:
             result["failed"] = name  # until it returns: a failed run still reports the stages before it
             print(f"[{number}/{len(stages)}] {name} ...", file=sys.stderr, flush=True)
             profiling.reset()
-            wall, cpu = time.perf_counter(), time.process_time()
+            wall, cpu = time.perf_counter(), cpu_seconds()
             info = run_stage(name, recipe, run_dir, force=True, progress=args.progress)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
             sections = profiling.report()
             result["stages"][name] = {
                 "seconds": round(wall, 3),

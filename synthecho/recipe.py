@@ -271,6 +271,7 @@ class FilterConfig(Section):
     # What the classifiers' view head also learns from: "recipe" adds copies under the recipe's whole
     # perturbation (scale and elastic too: they move the phase cues, not the view; their phase is ignored).
     attribute_view_perturbation: Literal["phase-free", "recipe"] = "phase-free"
+    attribute_copies: int = Field(3, ge=0, le=32)  # perturbed copies of each real frame per training set
     inception_weights: str | None = None  # local clean-fid Inception file (never downloaded mid-build)
     inception_env: str = "SYNTHECHO_INCEPTION_WEIGHTS"
     feature_dims: int = Field(64, le=64)  # domain features pooled to <= 64 dims: stable covariances

@@ -433,6 +433,70 @@ def test_attribute_classifiers_learn_view_are_seeded_and_cross_validated(phantom
     assert folds == set(range(5)) and len(judge.models) == 5
 
 
+def test_view_only_copies_teach_the_view_head_and_leave_the_phase_head_alone(phantom):
+    import torch
+
+    from synthecho.quality.attributes import (
+        ARCHITECTURES,
+        IGNORED,
+        _build_network,
+        _targets,
+        _to_input,
+        _Training,
+    )
+
+    frames = phantom["real"]["train"]
+    view_only = [dict(record, phase=None) for record in frames.records[:6]]
+    assert set(_targets(view_only)[1]) == {IGNORED}
+    torch.manual_seed(0)
+    network = _build_network(ARCHITECTURES["filter"])
+    loss = _Training(view_only).batch_loss(network, _to_input(frames.images[:6]), np.arange(6),
+                                           np.random.default_rng(0))  # fmt: skip
+    assert torch.isfinite(loss)  # a batch of view-only copies alone: the view loss, no NaN phase term
+    loss.backward()
+    head = network[-1].weight.grad  # rows 0-1: the view logits, rows 2-3: the phase logits
+    assert head[:2].abs().sum() > 0 and head[2:].abs().sum() == 0
+
+
+def test_judge_budget_and_whole_perturbation_view_head_follow_the_recipe(phantom):
+    from synthecho.plan import perturb_config
+    from synthecho.quality.attributes import plan_judge, pooled
+
+    recipe = phantom["recipe"]
+    frames = pooled(phantom["real"]["train"], phantom["real"]["validation"])
+    default = plan_judge(recipe, frames)
+    assert default.fits[0].options["steps"] == recipe.filter.attribute_steps  # unset: the filter's budget
+    assert default.fits[0].options["view_augment"] is None
+    own = recipe.model_copy(
+        update={
+            "filter": recipe.filter.model_copy(
+                update={"judge_steps": 37, "attribute_view_perturbation": "recipe", "attribute_copies": 5}
+            )
+        }
+    )
+    plan = plan_judge(own, frames)
+    assert {fit.options["steps"] for fit in plan.fits} == {37} and len(plan.fits) == len(default.fits)
+    assert {fit.options["copies"] for fit in plan.fits} == {5}
+    whole = plan.fits[0].options["view_augment"]
+    assert whole == perturb_config(own) and whole.scale != (1.0, 1.0)  # scale moves the phase, not the view
+
+
+def test_classifier_fits_in_worker_processes_equal_fits_in_this_process(phantom, monkeypatch):
+    from synthecho.plan import perturb_config
+    from synthecho.quality.attributes import ARCHITECTURES, fit_classifiers, phase_free, plan_folds, pooled
+
+    frames = pooled(phantom["real"]["train"], phantom["real"]["validation"])
+    config = perturb_config(phantom["recipe"])
+    plan = plan_folds(frames, ARCHITECTURES["filter"], fold_seed=0, seed=0, steps=20,
+                      augment=phase_free(config), view_augment=config)  # fmt: skip
+    monkeypatch.setenv("SYNTHECHO_WORKERS", "1")
+    serial = fit_classifiers(plan.fits[:2], progress=False)
+    monkeypatch.setenv("SYNTHECHO_WORKERS", "2")
+    spread = fit_classifiers(plan.fits[:2], progress=False)
+    assert [m.sha256() for m in serial] == [m.sha256() for m in spread]
+    assert serial[0].sha256() != serial[1].sha256()  # two folds, two models
+
+
 # --- the stage ---------------------------------------------------------------------------------------
 
 

@@ -17,7 +17,10 @@ Two kinds of small CNN, each with two heads (2CH/4CH and ED/ES), trained on real
 
 Both are trained with rotated, shifted and sheared copies of the real frames (`phase_free`): generated
 rows come from perturbed masks, and a tilted heart must not read as another view; scale and the elastic
-field are left out because they move the phase cues themselves.
+field are left out because they move the phase cues themselves. With `filter.attribute_view_perturbation:
+recipe`, the view head also learns from copies under the whole perturbation (their phase target is
+ignored), since a scaled or elastically moved heart keeps its view. The fits run in worker processes, one
+per core (`fit_classifiers`), with the weights they would have in this process.
 
 Why CNNs of their own rather than the segmenter's pooled features: view is a matter of where things are
 (4CH shows the right heart beside the left), which global pooling discards; separate networks also keep
@@ -38,7 +41,7 @@ from synthecho.schema import PHASES, VIEWS
 
 INPUT_SIZE = 32  # the filter's classifier: frames larger than this are area-averaged down to it
 FOLDS = 5
-AUGMENT_COPIES = 3  # perturbed copies of each real frame in a classifier's training set
+AUGMENT_COPIES = 3  # perturbed copies of each real frame in a classifier's training set (default)
 AUGMENT_SIZE = 64  # frames larger than this are reduced (strided) before they are perturbed
 
 
@@ -284,6 +287,7 @@ def fit_classifier(
     architecture: Architecture = ARCHITECTURES["filter"],
     augment=None,
     view_augment=None,
+    copies: int = AUGMENT_COPIES,
     steps: int = 300,
     batch_size: int = 32,
     learning_rate: float = 2e-3,
@@ -291,7 +295,8 @@ def fit_classifier(
     progress: bool = True,
 ) -> AttributeClassifier:
     """One classifier trained on `split`'s frames and their view/phase; with `augment` (a
-    `perturb.PerturbConfig`), also on AUGMENT_COPIES perturbed copies of each frame.
+    `perturb.PerturbConfig`), also on `copies` perturbed copies of each frame; with `view_augment`,
+    on as many more under it that teach the view head alone.
 
     Seeded: initialisation and dropout draw from a torch RNG seeded here (inside `fork_rng`, so the result
     does not depend on what ran before and the caller's RNG is left as it was), batches from numpy.
@@ -301,9 +306,9 @@ def fit_classifier(
     if augment is None:
         images, records = split.images, split.records
     else:
-        images, records = perturbed_copies(split, augment, AUGMENT_COPIES, seed)
+        images, records = perturbed_copies(split, augment, copies, seed)
     if view_augment is not None:  # more copies that teach the view head alone (their phase is ignored)
-        extra, extra_records = perturbed_copies(split, view_augment, AUGMENT_COPIES, seed + 1)
+        extra, extra_records = perturbed_copies(split, view_augment, copies, seed + 1)
         images = np.concatenate([images, extra[len(split) :]])
         records = list(records) + [dict(r, phase=None) for r in extra_records[len(split) :]]
 
@@ -501,16 +506,18 @@ def judge_steps(recipe) -> int:
 
 
 def training_augmentation(recipe) -> dict:
-    """fit_classifier's `augment` (the recipe's perturbation, phase-free) and `view_augment` (the whole
-    perturbation, with filter.attribute_view_perturbation "recipe"), and a sentence saying what they are."""
+    """fit_classifier's `augment` (the recipe's perturbation, phase-free), `view_augment` (the whole
+    perturbation, with filter.attribute_view_perturbation "recipe") and `copies`
+    (filter.attribute_copies), and "description", a sentence saying what they are."""
     from synthecho.plan import perturb_config
 
-    config = perturb_config(recipe)
+    config, copies = perturb_config(recipe), recipe.filter.attribute_copies
     whole = recipe.filter.attribute_view_perturbation == "recipe"
-    said = f"{AUGMENT_COPIES} copies of each frame under rotation, shift and shear (no scale, no elastic)"
+    said = f"{copies} copies of each frame under rotation, shift and shear (no scale, no elastic)"
     if whole:
-        said += f"; the view head also on {AUGMENT_COPIES} copies under the whole perturbation"
-    return {"augment": phase_free(config), "view_augment": config if whole else None, "description": said}
+        said += f"; the view head also on {copies} copies under the whole perturbation"
+    return {"augment": phase_free(config), "view_augment": config if whole else None, "copies": copies,
+            "description": said}  # fmt: skip
 
 
 def plan_judge(recipe, frames: RealSplit) -> FoldPlan:
@@ -521,7 +528,7 @@ def plan_judge(recipe, frames: RealSplit) -> FoldPlan:
     seed = recipe.seed + 1
     return plan_folds(frames, ARCHITECTURES["judge"], folds=FOLDS, fold_seed=seed, seed=seed,
                       steps=judge_steps(recipe), augment=augmentation["augment"],
-                      view_augment=augmentation["view_augment"])  # fmt: skip
+                      view_augment=augmentation["view_augment"], copies=augmentation["copies"])  # fmt: skip
 
 
 def fit_judge(recipe, frames: RealSplit, *, progress: bool = True) -> tuple[AttributeJudge, dict]:

@@ -90,6 +90,7 @@ def attribute_references(recipe, real: dict, progress: bool) -> tuple[object, ob
         "seed": recipe.seed,
         "augment": augmentation["augment"],
         "view_augment": augmentation["view_augment"],
+        "copies": augmentation["copies"],
     }
     started = time.perf_counter()
     # The 11 fits (5 folds + 1 final, then the judge's 5 folds) at once: both cores stay busy to the end.
