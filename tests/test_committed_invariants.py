@@ -50,6 +50,9 @@ KNOWN_SHORTFALLS = {
         "attribute_mismatch rejected 55 of 208 generated rows (> 5%)",
         "copy check flagged 6 of 416 null pairs (need <= 0.01 on >= 300)",
     ],
+    ("demo", "0.4.0"): [  # 0.3.0's generated rows; the judge confirms the view of 195 of 208
+        "view agreement 0.938 < 0.95",
+    ],
     ("sd-phantom", "0.1.0"): [  # prompt + class: the view is drawn, the phase is not (chance)
         "view agreement 0.851 < 0.95",
         "phase agreement 0.519 < warped-real 0.639 - 0.05",
@@ -187,6 +190,16 @@ KNOWN_STUDY_SHORTFALLS = {
         "cap-1/segmentation/synthetic: not converged (seeds [0, 1, 2])",
         "cap-1/view/pretrain_finetune: not converged (seeds [1])",
         "cap-1/view/synthetic: not converged (seeds [0])",
+    ],
+    ("demo", "0.4.0"): [  # 0.3.0's generator, more rows kept (189 of 208): the same unconverged U-Nets
+        "cap-1/phase/pretrain_finetune: not converged (seeds [0])",
+        "cap-1/segmentation/pretrain_finetune: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/real: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/real_plus_synthetic: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/synthetic: not converged (seeds [0, 1, 2])",
+        "cap-1/view/pretrain_finetune: not converged (seeds [1, 2])",
+        "cap-1/view/real_plus_synthetic: not converged (seeds [0])",
+        "cap-1/view/synthetic: not converged (seeds [1])",
     ],
 }
 
