@@ -304,6 +304,8 @@ def fit_classifier(
     import torch
 
     if augment is None:
+        if view_augment is not None:  # the view-only copies are made at the augmented copies' size
+            raise ValueError("fit_classifier: view_augment needs augment")
         images, records = split.images, split.records
     else:
         images, records = perturbed_copies(split, augment, copies, seed)
