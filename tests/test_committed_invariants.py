@@ -208,6 +208,15 @@ KNOWN_STUDY_SHORTFALLS = {
         "cap-1/view/pretrain_finetune: not converged (seeds [1])",
         "cap-1/view/synthetic: not converged (seeds [0])",
     ],
+    ("demo", "0.5.0"): [  # guidance: the 150-step U-Nets and some classifier runs still stop at the budget
+        "cap-1/phase/synthetic: not converged (seeds [1])",
+        "cap-1/segmentation/pretrain_finetune: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/real: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/real_plus_synthetic: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/synthetic: not converged (seeds [0, 1, 2])",
+        "cap-1/view/pretrain_finetune: not converged (seeds [0, 1, 2])",
+        "cap-1/view/real_plus_synthetic: not converged (seeds [0])",
+    ],
     ("demo", "0.4.0"): [  # 0.3.0's generator, more rows kept (189 of 208): the same unconverged U-Nets
         "cap-1/phase/pretrain_finetune: not converged (seeds [0])",
         "cap-1/segmentation/pretrain_finetune: not converged (seeds [0, 1, 2])",
