@@ -63,6 +63,9 @@ KNOWN_SHORTFALLS = {
         "view agreement 0.683 < warped-real 0.918 - 0.03",
         "attribute_mismatch rejected 71 of 208 generated rows (> 5%)",
     ],
+    ("sd-phantom", "0.3.0"): [  # guidance fixes the view (0.981), not the phase: the model never learnt it
+        "phase agreement 0.543 < warped-real 0.630 - 0.05",
+    ],
     ("sd-phantom", "0.2.0"): [  # demo 0.4.0's filter; still chance on phase
         "view agreement 0.909 < 0.95",
         "phase agreement 0.534 < warped-real 0.630 - 0.05",
@@ -153,9 +156,8 @@ def test_a_doctored_newest_manifest_fails_the_check(tmp_path, floor):
     broken = committed_violations(root)["demo"]
     assert len(broken) == 1 and floor in broken[0], broken
     newest_controlnet = newest_manifests(root)["controlnet-phantom"].stem  # another corpus is left as it was
-    assert (
-        committed_violations(root)["controlnet-phantom"]
-        == KNOWN_SHORTFALLS[("controlnet-phantom", newest_controlnet)]
+    assert committed_violations(root)["controlnet-phantom"] == KNOWN_SHORTFALLS.get(
+        ("controlnet-phantom", newest_controlnet), []
     )
 
 
