@@ -128,6 +128,9 @@ class DdpmConfig(Section):
     attention: list[bool] = [False, False, True]  # attention only at the lowest resolution: CPU cost
     num_head_channels: int = 32  # channels per attention head
     class_conditional: bool = True  # view x phase class embedding (4 classes) instead of one model per class
+    # With class_conditional: the fraction of training steps whose class is replaced by a null class, the
+    # unconditional branch classifier-free guidance (generate.guidance_scale > 1) needs; 0: no null class.
+    class_dropout: float = Field(0.0, ge=0, lt=1)
     joint_masks: bool = True  # also generate the 4-class label map as output channels (mask_source generated)
     train_timesteps: int = 1000  # DiffEcho's DDPMScheduler(1000)
     beta_schedule: str = "squaredcos_cap_v2"  # cosine: better than linear at small resolutions

@@ -73,6 +73,22 @@ def test_ddpm_joint_masks_class_conditional(real, tmp_path):
         first.sample(None, PROMPTS, [3, 4], steps=2, guidance_scale=2.0)
 
 
+def test_ddpm_class_dropout_gives_guidance_an_unconditional_branch(real, tmp_path):
+    generator = {"kind": "ddpm", "channels": [8, 16], "attention": [False, True], "num_head_channels": 8,
+                 "class_dropout": 0.2}  # fmt: skip
+    ddpm.train(recipe(generator), real, tmp_path, progress=False)
+    sampler = ddpm.load(tmp_path)
+    assert sampler.unet.config.num_class_embeds == ddpm.NULL_CLASS + 1  # view x phase + the null class
+    attributes = [{"view": "2CH", "phase": "ED"}, {"view": "4CH", "phase": "ES"}]
+    plain = sampler.sample(None, None, [3, 4], sampler="ddpm", steps=2, attributes=attributes)
+    guided = sampler.sample(None, None, [3, 4], sampler="ddpm", steps=2, attributes=attributes,
+                            guidance_scale=3.0)  # fmt: skip
+    again = ddpm.load(tmp_path).sample(None, None, [3, 4], sampler="ddpm", steps=2, attributes=attributes,
+                                       guidance_scale=3.0)  # fmt: skip
+    assert guided.images.shape == plain.images.shape and not np.array_equal(guided.images, plain.images)
+    assert np.array_equal(guided.images, again.images)  # guided sampling is seeded too
+
+
 def test_ddpm_unconditional_without_masks_uses_the_segmenter(real, tmp_path):
     generator = {"kind": "ddpm", "channels": [8, 16], "attention": [False, False], "num_head_channels": 8}
     generator.update(class_conditional=False, joint_masks=False)

@@ -7,8 +7,9 @@ With `joint_masks` the UNet also denoises the 4-class label map as 4 extra chann
 segmenter labels the frames (`mask_source` "segmenter").
 
 Sampling takes the rows' view and phase from `attributes` ([{"view": "2CH", "phase": "ED"}, ...]) or,
-when they are not given, from the image-level prompts ("Two-chamber view ... diastole ..."). There is no
-unconditional branch, so guidance_scale must be 1.
+when they are not given, from the image-level prompts ("Two-chamber view ... diastole ..."). With
+`class_dropout` the class is replaced by a null class in that fraction of training steps, which gives
+classifier-free guidance its unconditional branch (guidance_scale > 1); without it, guidance_scale must be 1.
 
 Saved folder (`out_dir`; written by `base.save_pixel_generator`, descriptor last):
     synthecho_generator.json        {"kind": "ddpm", "resolution", "config", "mask_source"}
@@ -78,6 +79,14 @@ def attributes_from_prompt(prompt: str) -> dict[str, str]:
     return {"view": view, "phase": phase}
 
 
+NULL_CLASS = len(VIEWS) * len(PHASES)  # the unconditional branch's class (with class_dropout)
+
+
+def class_embeddings(config) -> int:
+    """Class embeddings: view x phase, plus the null class when the class is dropped in training."""
+    return NULL_CLASS + (1 if config.class_dropout > 0 else 0)
+
+
 def unet_config(config, resolution: int) -> dict[str, Any]:
     """UNet2DModel arguments for a `DdpmConfig` at `resolution`."""
     channels = list(config.channels)
@@ -94,7 +103,7 @@ def unet_config(config, resolution: int) -> dict[str, Any]:
         "attention_head_dim": head_channels(config),
         "norm_num_groups": norm_groups(channels),
         # class_embed_type None + num_class_embeds: a learned embedding added to the time embedding
-        "num_class_embeds": len(VIEWS) * len(PHASES) if config.class_conditional else None,
+        "num_class_embeds": class_embeddings(config) if config.class_conditional else None,
     }
 
 
@@ -188,9 +197,11 @@ class DdpmSampler:
         if seeds is None:
             raise SynthechoError("ddpm.sample needs one seed per row")
         check_sampling(sampler, steps)
-        if guidance_scale != 1.0:
+        guided = guidance_scale != 1.0
+        if guided and not (self.config.class_conditional and self.config.class_dropout > 0):
             raise SynthechoError(
-                "the ddpm generator has no unconditional branch: set generate.guidance_scale to 1.0"
+                "this ddpm generator has no unconditional branch (trained without generator.class_dropout): "
+                "set generate.guidance_scale to 1.0, or retrain with class_dropout > 0"
             )
         count, size = len(seeds), self.resolution
         if count == 0:
@@ -204,7 +215,16 @@ class DdpmSampler:
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(x, t).to(self.dtype)
             timesteps = torch.full((count,), int(t), device=self.device, dtype=torch.long)
-            prediction = self.unet(model_in, timesteps, class_labels=classes).sample.float()
+            if guided:  # one batch: conditional rows, then the same rows with the null class
+                both = self.unet(
+                    torch.cat([model_in, model_in]),
+                    torch.cat([timesteps, timesteps]),
+                    class_labels=torch.cat([classes, torch.full_like(classes, NULL_CLASS)]),
+                )
+                conditional, unconditional = both.sample.float().chunk(2)  # fmt: skip
+                prediction = unconditional + guidance_scale * (conditional - unconditional)
+            else:
+                prediction = self.unet(model_in, timesteps, class_labels=classes).sample.float()
             x = scheduler.step(prediction, t, x, **step_kwargs).prev_sample
         frames = pixel_frames(x)
         masks = x[:, 1:].argmax(dim=1).to(torch.uint8).cpu().numpy() if self.config.joint_masks else None
@@ -269,6 +289,9 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
         noise = torch.randn_like(x)
         t = torch.randint(0, total, (x.shape[0],), device=x.device, dtype=torch.long)
         class_labels = batch["classes"] if config.class_conditional else None
+        if class_labels is not None and config.class_dropout > 0:
+            dropped = torch.rand(x.shape[0], device=x.device) < config.class_dropout
+            class_labels = torch.where(dropped, torch.full_like(class_labels, NULL_CLASS), class_labels)
         prediction = model(noise_schedule.add_noise(x, noise, t), t, class_labels=class_labels).sample
         return F.mse_loss(prediction.float(), loss_target(noise_schedule, x, noise, t))
 
