@@ -268,8 +268,8 @@ class FilterConfig(Section):
     attribute_threshold: dict[Literal["view", "phase"], float | None] = {"view": 0.5, "phase": None}
     attribute_steps: int = Field(200, ge=1)  # training steps of each view/phase classifier (seconds on a CPU)
     # The judge's own budget (None: attribute_steps). Its real accuracy caps the agreement it can confirm:
-    # on the demo's phantom, 200 steps leave its view accuracy at 0.87; 600 reach 0.93 (0.96 with the
-    # view head also taught on the whole perturbation, below).
+    # on the demo's phantom, 200 steps leave its view accuracy at 0.87; 600 reach 0.93, and 0.99 with the
+    # view head also taught on the whole perturbation and 6 copies (below).
     judge_steps: int | None = Field(None, ge=1)
     # What the classifiers' view head also learns from: "recipe" adds copies under the recipe's whole
     # perturbation (scale and elastic too: they move the phase cues, not the view; their phase is ignored).

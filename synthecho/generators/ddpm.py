@@ -221,7 +221,7 @@ class DdpmSampler:
                     torch.cat([timesteps, timesteps]),
                     class_labels=torch.cat([classes, torch.full_like(classes, NULL_CLASS)]),
                 )
-                conditional, unconditional = both.sample.float().chunk(2)  # fmt: skip
+                conditional, unconditional = both.sample.float().chunk(2)
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
             else:
                 prediction = self.unet(model_in, timesteps, class_labels=classes).sample.float()
