@@ -15,8 +15,9 @@ downstream, attributes, generate, shards, evaluate) and the part one of data, fo
 the optimizer step), validation, checkpoint, ... Sections are flat: a section inside another one is
 counted in both. Times are wall-clock (`time.perf_counter`) per thread and summed: a section run on a
 worker thread (the shard writer's PNG encoding) overlaps the main thread's and may add up to more than
-the stage took. Nothing is synchronised: on a GPU, kernels still running when a section ends are counted
-in whichever later section waits for them (the benchmark is a CPU benchmark).
+the stage took; so may sections run in worker processes, whose `report()` the caller hands to `merge`
+(the attribute classifiers' fits). Nothing is synchronised: on a GPU, kernels still running when a
+section ends are counted in whichever later section waits for them (the benchmark is a CPU benchmark).
 
 This module imports nothing but the standard library, so every layer may use it.
 """
@@ -82,6 +83,19 @@ class _Section:
 def section(name: str):
     """Context manager timing its block into section `name` when enabled."""
     return _Section(name) if _enabled else _DISABLED
+
+
+def merge(recorded: dict[str, dict]) -> None:
+    """Add a `report()` made elsewhere (a worker process) to this process's sections; nothing when
+    disabled. Its sections count as run off the main thread, since they overlapped it."""
+    if not _enabled:
+        return
+    with _lock:
+        for name, figures in recorded.items():
+            entry = _totals.setdefault(name, [0.0, 0, False])
+            entry[0] += figures["seconds"]
+            entry[1] += figures["count"]
+            entry[2] = True
 
 
 def report() -> dict[str, dict[str, float | int | bool]]:

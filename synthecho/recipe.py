@@ -204,6 +204,9 @@ class TrainConfig(Section):
     # linear decay to 0 at train.steps (guided diffusion's lr_anneal_steps) or cosine decay.
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     lr_warmup_steps: int = Field(0, ge=0)
+    # Min-SNR-gamma loss weighting (diffusers' training scripts' --snr_gamma; 5.0 is the paper's value):
+    # the low-noise timesteps, whose loss is small and easy, stop pulling against the rest. None: plain MSE.
+    snr_gamma: float | None = Field(None, gt=0)
     grid_sampler_steps: int = 10  # steps used for the sample grid written after training
 
 

@@ -459,3 +459,33 @@ def test_fine_tuning_with_classes_starts_from_the_base(real, tiny_base, tmp_path
     reference = type(sampler)(base, RES, "cpu", torch.float32)  # no classes: the base as it was
     theirs = pipeline_frames(reference, PROMPTS, [1, 2], maps, steps=2, guidance_scale=2.0)
     assert np.array_equal(ours.images, theirs)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weighting_weighs_each_row_by_its_clipped_snr(prediction_type):
+    """train.snr_gamma: a row's squared error counts min(SNR, gamma) / SNR (epsilon) or / (SNR + 1)
+    (v_prediction); with gamma above every SNR an epsilon loss is the plain MSE again."""
+    import torch
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    from synthecho.generators.base import diffusion_loss
+
+    schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                             prediction_type=prediction_type)  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    x, noise, prediction = (torch.randn(4, 1, 8, 8, generator=generator) for _ in range(3))
+    timesteps = torch.tensor([0, 10, 500, 999])
+    plain = diffusion_loss(schedule, prediction, x, noise, timesteps)
+    weighted = diffusion_loss(schedule, prediction, x, noise, timesteps, snr_gamma=5.0)
+
+    target = schedule.get_velocity(x, noise, timesteps) if prediction_type == "v_prediction" else noise
+    per_row = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+    snr = compute_snr(schedule, timesteps)
+    expected = torch.clamp(snr, max=5.0) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    assert torch.allclose(plain, per_row.mean())
+    assert torch.allclose(weighted, (per_row * expected).mean())
+    assert expected[0] < 0.01  # the nearly clean row barely counts
+    if prediction_type == "epsilon":
+        unclipped = diffusion_loss(schedule, prediction, x, noise, timesteps, snr_gamma=1e12)
+        assert torch.allclose(unclipped, plain)

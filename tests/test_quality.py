@@ -77,8 +77,9 @@ def phantom(tmp_path_factory, one_torch_thread):
 def references(phantom):
     """The copy check calibrated on the prepared null, and the filter's attribute classifier."""
     from synthecho.plan import perturb_config
-    from synthecho.quality.attributes import fit_classifier, phase_free, pooled
+    from synthecho.quality.attributes import fit_classifier, phase_free
     from synthecho.quality.copies import CopyCheck, calibrate, null_sources
+    from synthecho.quality.folds import pooled
     from synthecho.real import load_copy_null
 
     real = {split: phantom["real"][split] for split in ("train", "validation")}
@@ -411,7 +412,8 @@ def test_attribute_classifiers_learn_view_are_seeded_and_cross_validated(phantom
     import torch
 
     from synthecho.plan import perturb_config
-    from synthecho.quality.attributes import ARCHITECTURES, cross_validate, fit_classifier, phase_free, pooled
+    from synthecho.quality.attributes import ARCHITECTURES, fit_classifier, phase_free
+    from synthecho.quality.folds import cross_validate, pooled
 
     frames = pooled(phantom["real"]["train"], phantom["real"]["validation"])
     augment = phase_free(perturb_config(phantom["recipe"]))
@@ -440,14 +442,14 @@ def test_view_only_copies_teach_the_view_head_and_leave_the_phase_head_alone(pha
         ARCHITECTURES,
         IGNORED,
         _build_network,
-        _targets,
         _to_input,
         _Training,
+        class_targets,
     )
 
     frames = phantom["real"]["train"]
     view_only = [dict(record, phase=None) for record in frames.records[:6]]
-    assert set(_targets(view_only)[1]) == {IGNORED}
+    assert set(class_targets(view_only)[1]) == {IGNORED}
     torch.manual_seed(0)
     network = _build_network(ARCHITECTURES["filter"])
     loss = _Training(view_only).batch_loss(network, _to_input(frames.images[:6]), np.arange(6),
@@ -460,7 +462,7 @@ def test_view_only_copies_teach_the_view_head_and_leave_the_phase_head_alone(pha
 
 def test_judge_budget_and_whole_perturbation_view_head_follow_the_recipe(phantom):
     from synthecho.plan import perturb_config
-    from synthecho.quality.attributes import plan_judge, pooled
+    from synthecho.quality.folds import plan_judge, pooled
 
     recipe = phantom["recipe"]
     frames = pooled(phantom["real"]["train"], phantom["real"]["validation"])
@@ -483,7 +485,8 @@ def test_judge_budget_and_whole_perturbation_view_head_follow_the_recipe(phantom
 
 def test_classifier_fits_in_worker_processes_equal_fits_in_this_process(phantom, monkeypatch):
     from synthecho.plan import perturb_config
-    from synthecho.quality.attributes import ARCHITECTURES, fit_classifiers, phase_free, plan_folds, pooled
+    from synthecho.quality.attributes import ARCHITECTURES, phase_free
+    from synthecho.quality.folds import fit_classifiers, plan_folds, pooled
 
     frames = pooled(phantom["real"]["train"], phantom["real"]["validation"])
     config = perturb_config(phantom["recipe"])

@@ -263,6 +263,8 @@ def checkpoint_fingerprint(recipe, resolution: int, real_train, part: str | None
     train = recipe.train.model_dump(mode="json")
     for free in ("steps", "checkpoint_every", "grid_sampler_steps"):  # may change between resumes
         train.pop(free)
+    if train["snr_gamma"] is None:  # unset, as before the option existed: earlier runs still resume
+        train.pop("snr_gamma")
     fingerprint = sha256_json(
         {
             "generator": recipe.generator.model_dump(mode="json"),
@@ -280,6 +282,25 @@ def loss_target(noise_schedule, x, noise, timesteps):
     if noise_schedule.config.prediction_type == "v_prediction":
         return noise_schedule.get_velocity(x, noise, timesteps)
     return noise
+
+
+def diffusion_loss(noise_schedule, prediction, x, noise, timesteps, snr_gamma: float | None = None):
+    """The denoising loss: MSE between `prediction` and `loss_target`, or with `snr_gamma` each row
+    weighted by min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v_prediction), as diffusers' training
+    scripts do with `compute_snr` (Min-SNR-gamma weighting)."""
+    import torch
+    import torch.nn.functional as F
+
+    target = loss_target(noise_schedule, x, noise, timesteps).float()
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target)
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_schedule, timesteps)
+    clipped = torch.clamp(snr, max=snr_gamma)
+    weights = clipped / (snr + 1 if noise_schedule.config.prediction_type == "v_prediction" else snr)
+    per_row = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=tuple(range(1, target.ndim)))
+    return (per_row * weights).mean()
 
 
 def grid_reference(real_train, real_validation):

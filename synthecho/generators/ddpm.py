@@ -36,10 +36,10 @@ from synthecho.generators.base import (
     check_sampling,
     check_unet_levels,
     checkpoint_fingerprint,
+    diffusion_loss,
     dtype_keyword,
     grid_reference,
     head_channels,
-    loss_target,
     norm_groups,
     pixel_frames,
     pixel_sampling,
@@ -256,7 +256,6 @@ def _sample_grid(sampler: DdpmSampler, reference, picks, path: Path, steps: int)
 
 def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, progress: bool = True) -> dict:
     """Train the DDPM on real frames (+ masks, + view x phase), save it, draw the loss curve and a grid."""
-    import torch.nn.functional as F
     from diffusers import DDPMScheduler, UNet2DModel
 
     from synthecho.grids import save_loss_curve
@@ -293,7 +292,7 @@ def train(recipe, real_train, out_dir: str | Path, *, real_validation=None, prog
             dropped = torch.rand(x.shape[0], device=x.device) < config.class_dropout
             class_labels = torch.where(dropped, torch.full_like(class_labels, NULL_CLASS), class_labels)
         prediction = model(noise_schedule.add_noise(x, noise, t), t, class_labels=class_labels).sample
-        return F.mse_loss(prediction.float(), loss_target(noise_schedule, x, noise, t))
+        return diffusion_loss(noise_schedule, prediction, x, noise, t, recipe.train.snr_gamma)
 
     # 3. Shared loop (the model comes back holding its EMA weights).
     info = train_loop(

@@ -49,8 +49,8 @@ from synthecho.generators.base import (
     check_unet_levels,
     checkpoint_fingerprint,
     condition_maps,
+    diffusion_loss,
     dtype_keyword,
-    loss_target,
     norm_groups,
     plain_config,
     read_descriptor,
@@ -326,7 +326,6 @@ def train_denoiser(
     trained model. Mixed precision: the frozen parts run under the same autocast as the trained one.
     `learning_rate` defaults to `train.learning_rate`.
     """
-    import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
     from synthecho.training import recipe_loop_settings, train_loop
@@ -394,7 +393,7 @@ def train_denoiser(
                 down, mid = model(noisy, t, encoder_hidden_states=hidden, **control)
                 residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
                 prediction = unet(noisy, t, encoder_hidden_states=hidden, **residuals, **unet_keywords).sample
-        return F.mse_loss(prediction.float(), loss_target(noise_schedule, latents, noise, t).float())
+        return diffusion_loss(noise_schedule, prediction, latents, noise, t, recipe.train.snr_gamma)
 
     trained = controlnet if controlnet is not None else unet
     trained.requires_grad_(True).train()

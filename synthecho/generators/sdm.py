@@ -47,9 +47,9 @@ from synthecho.generators.base import (
     check_unet_levels,
     checkpoint_fingerprint,
     condition_maps,
+    diffusion_loss,
     grid_reference,
     head_channels,
-    loss_target,
     norm_groups,
     pixel_frames,
     pixel_sampling,
@@ -335,7 +335,6 @@ def _train_one(
 ) -> tuple[SdmDenoiser, dict]:
     """Train one denoiser on (frame, label map[, class]) pairs of `real`; checkpoints in
     checkpoints/<name>."""
-    import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
     from synthecho.training import recipe_loop_settings, train_loop
@@ -376,8 +375,8 @@ def _train_one(
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, timesteps_total, (count,), device=images.device, dtype=torch.long)
         noisy = noise_schedule.add_noise(images, noise, timesteps)
-        target = loss_target(noise_schedule, images, noise, timesteps)
-        return F.mse_loss(model(noisy, timesteps, condition, class_labels).float(), target)
+        prediction = model(noisy, timesteps, condition, class_labels)
+        return diffusion_loss(noise_schedule, prediction, images, noise, timesteps, train_config.snr_gamma)
 
     # 3. The shared loop (accelerate, EMA, checkpoints, resume); the model comes back holding the EMA.
     part = None if name == "unet" else name  # a single model keeps its checkpoint folder and fingerprint

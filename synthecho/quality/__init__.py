@@ -3,8 +3,8 @@
 - `scores`: per-row checks (degenerate output, mask consistency, anatomical plausibility), reject reasons;
 - `copies`: the memorisation check (speckle similarity to the warped source, its other phase and real
   train), its null of legitimate same-anatomy pairs and its positive control (planted copies);
-- `attributes`: view/phase classifiers trained on real data (the filter's scores, the independent judge),
-  patient-grouped cross-validation;
+- `attributes`: view/phase classifiers trained on real data (the filter's scores, the independent judge);
+  `folds`: their patient-grouped cross-validation, the judge made of fold models, fits in worker processes;
 - `phase`: phase geometry of the conditioning masks under both phase policies;
 - `scoring`: the checks applied to a batch and to a raw shard; `corpus`: the publishable splits;
 - `metrics`: dataset FID/KID through clean-fid on domain (segmenter) and, when available, Inception features;

@@ -40,7 +40,7 @@ class ScoringContext:
     copy_threshold: float
     classifier: object  # quality.attributes.AttributeClassifier: view_score / phase_score
     attribute_threshold: dict[str, float | None]  # {"view": 0.5, "phase": None}: None = not judged
-    judge: object | None = None  # quality.attributes.AttributeJudge: the audit (None: no audit)
+    judge: object | None = None  # quality.folds.AttributeJudge: the audit (None: no audit)
 
 
 def score_rows(

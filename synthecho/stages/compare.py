@@ -171,7 +171,7 @@ def run(spec: ComparisonSpec, members: dict, out_dir: Path, *, command: str,
     from synthecho.layout import RunLayout
     from synthecho.manifest import environment_info, read_manifest
     from synthecho.plan import build_plan
-    from synthecho.quality.attributes import fit_judge, pooled
+    from synthecho.quality.folds import fit_judge, pooled
     from synthecho.quality.realism import positive_control, two_sample_auc
     from synthecho.real import load_real
     from synthecho.segmenter import load_segmenter

@@ -71,8 +71,8 @@ def attribute_references(recipe, real: dict, progress: bool) -> tuple[object, ob
     """
     import time
 
-    from synthecho.quality.attributes import (
-        ARCHITECTURES,
+    from synthecho.quality.attributes import ARCHITECTURES
+    from synthecho.quality.folds import (
         Fit,
         fit_classifiers,
         judge_steps,
