@@ -63,7 +63,7 @@ KNOWN_SHORTFALLS = {
         "view agreement 0.683 < warped-real 0.918 - 0.03",
         "attribute_mismatch rejected 71 of 208 generated rows (> 5%)",
     ],
-    ("ddpm-phantom", "0.3.0"): [  # guidance on the class: 0.683 -> 0.938, above its warped-real ceiling - 0.03
+    ("ddpm-phantom", "0.3.0"): [  # guidance on the class: 0.683 -> 0.938, above warped-real - 0.03
         "view agreement 0.938 < 0.95",
     ],
     ("sd-phantom", "0.3.0"): [  # guidance fixes the view (0.981), not the phase: the model never learnt it
