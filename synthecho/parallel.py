@@ -9,6 +9,9 @@ forked child would inherit in an undefined state. `SYNTHECHO_WORKERS=1` runs eve
 (as a debugger wants it); the default is one worker per CPU this process may use. As with any spawned
 worker, a script that calls this (e.g. through `write_phantom`) keeps its top-level code under
 `if __name__ == "__main__":`, since each worker imports the script again.
+
+While `profiling` records (`benchmarks/cpu.py`), each worker call records its own sections and hands them
+back with its result; they are merged into this process's, so work moved into workers stays visible.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from synthecho import profiling
 from synthecho.errors import SynthechoError
 
 WORKERS_VARIABLE = "SYNTHECHO_WORKERS"
@@ -37,6 +41,14 @@ def worker_count(tasks: int) -> int:
     return max(1, min(wanted, tasks))
 
 
+def _profiled_call(function: Callable[..., Any], *arguments: Any) -> tuple[Any, dict]:
+    """`function(*arguments)` in a worker, with the `profiling` sections of this call alone (a worker
+    serves several calls)."""
+    profiling.enable()
+    profiling.reset()
+    return function(*arguments), profiling.report()
+
+
 def ordered_map(function: Callable[..., Any], *arguments: Iterable[Any]) -> Iterator[Any]:
     """`map(function, *arguments)` spread over worker processes; yields results in input order.
 
@@ -48,14 +60,24 @@ def ordered_map(function: Callable[..., Any], *arguments: Iterable[Any]) -> Iter
     if workers == 1:
         yield from map(function, *columns)
         return
+    profiled = profiling.is_enabled()
+
+    def result(future) -> Any:
+        if not profiled:
+            return future.result()
+        value, sections = future.result()
+        profiling.merge(sections)
+        return value
+
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         # A few calls in flight per worker, not all at once: results wait in memory only until the
         # caller takes them, so memory stays flat whatever the number of calls (a large phantom).
         pending: deque = deque()
         for call in zip(*columns, strict=True):
-            pending.append(pool.submit(function, *call))
+            submitted = (_profiled_call, function, *call) if profiled else (function, *call)
+            pending.append(pool.submit(*submitted))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
+                yield result(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield result(pending.popleft())

@@ -15,8 +15,8 @@ downstream, attributes, generate, shards, evaluate) and the part one of data, fo
 the optimizer step), validation, checkpoint, ... Sections are flat: a section inside another one is
 counted in both. Times are wall-clock (`time.perf_counter`) per thread and summed: a section run on a
 worker thread (the shard writer's PNG encoding) overlaps the main thread's and may add up to more than
-the stage took; so may sections run in worker processes, whose `report()` the caller hands to `merge`
-(the attribute classifiers' fits). Nothing is synchronised: on a GPU, kernels still running when a
+the stage took; so may sections run in worker processes (`parallel.ordered_map` hands their `report()`
+to `merge`). Nothing is synchronised: on a GPU, kernels still running when a
 section ends are counted in whichever later section waits for them (the benchmark is a CPU benchmark).
 
 This module imports nothing but the standard library, so every layer may use it.
@@ -54,16 +54,20 @@ def reset() -> None:
         _totals.clear()
 
 
+def _accumulate(name: str, seconds: float, count: int, off_main_thread: bool) -> None:
+    entry = _totals.setdefault(name, [0.0, 0, False])
+    entry[0] += seconds
+    entry[1] += count
+    entry[2] = entry[2] or off_main_thread
+
+
 def add(name: str, seconds: float, count: int = 1) -> None:
     """Add `seconds` (and `count` entries) to section `name`; nothing when disabled."""
     if not _enabled:
         return
     worker = threading.current_thread() is not threading.main_thread()
     with _lock:
-        entry = _totals.setdefault(name, [0.0, 0, False])
-        entry[0] += seconds
-        entry[1] += count
-        entry[2] = entry[2] or worker
+        _accumulate(name, seconds, count, worker)
 
 
 class _Section:
@@ -92,10 +96,7 @@ def merge(recorded: dict[str, dict]) -> None:
         return
     with _lock:
         for name, figures in recorded.items():
-            entry = _totals.setdefault(name, [0.0, 0, False])
-            entry[0] += figures["seconds"]
-            entry[1] += figures["count"]
-            entry[2] = True
+            _accumulate(name, figures["seconds"], figures["count"], True)
 
 
 def report() -> dict[str, dict[str, float | int | bool]]:

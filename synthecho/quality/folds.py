@@ -8,12 +8,10 @@ cores stay busy to the end.
 
 from __future__ import annotations
 
-import multiprocessing
 from dataclasses import dataclass
 
 import numpy as np
 
-from synthecho import profiling
 from synthecho.errors import SynthechoError
 from synthecho.quality.attributes import (
     ARCHITECTURES,
@@ -92,15 +90,8 @@ class Fit:
     options: dict
 
 
-def _run_fit(fit: Fit, profile: bool) -> tuple[AttributeClassifier, dict]:
-    """One fit, and the `profiling` sections a worker process recorded for a caller that records them
-    ({} in the caller's own process, `SYNTHECHO_WORKERS=1`: there the sections are recorded directly)."""
-    in_worker = profile and multiprocessing.parent_process() is not None
-    if in_worker:  # a worker serves several fits: each reports only its own sections
-        profiling.enable()
-        profiling.reset()
-    classifier = fit_classifier(fit.split, **{**fit.options, "progress": False})
-    return classifier, profiling.report() if in_worker else {}
+def _run_fit(fit: Fit) -> AttributeClassifier:
+    return fit_classifier(fit.split, **{**fit.options, "progress": False})
 
 
 def fit_classifiers(fits: list[Fit], progress: bool = True) -> list[AttributeClassifier]:
@@ -113,14 +104,9 @@ def fit_classifiers(fits: list[Fit], progress: bool = True) -> list[AttributeCla
 
     from synthecho.parallel import ordered_map
 
-    profile = [profiling.is_enabled()] * len(fits)
-    bar = tqdm(ordered_map(_run_fit, fits, profile), total=len(fits), desc="attribute classifiers",
-               unit="model", disable=not progress)  # fmt: skip
-    classifiers = []
-    for classifier, sections in bar:
-        profiling.merge(sections)
-        classifiers.append(classifier)
-    return classifiers
+    bar = tqdm(ordered_map(_run_fit, fits), total=len(fits), desc="attribute classifiers", unit="model",
+               disable=not progress)  # fmt: skip
+    return list(bar)
 
 
 @dataclass(frozen=True)
