@@ -34,6 +34,9 @@ KNOWN_SHORTFALLS = {
         "view agreement 0.605 < warped-real 0.848 - 0.03",
         "attribute_mismatch rejected 204 of 560 generated rows (> 5%)",
     ],
+    ("phantom-study", "0.3.0"): [  # the demo's class embedding: view 0.605 -> 0.964, mismatch 204 -> 43
+        "attribute_mismatch rejected 43 of 560 generated rows (> 5%)",
+    ],
     ("demo", "0.3.0"): [  # 0.2.0's rows, byte for byte: the same three
         "view agreement 0.861 < 0.95",
         "attribute_mismatch rejected 24 of 208 generated rows (> 5%)",
@@ -174,6 +177,23 @@ CORPUS_MANIFESTS = [
 # The demo's study runs on a CPU budget that ends before these runs stop improving (issue 17 is open for
 # it): listed word for word, like KNOWN_SHORTFALLS, so a regression or a fix fails until this is updated.
 KNOWN_STUDY_SHORTFALLS = {
+    ("phantom-study", "0.3.0"): [
+        "cap-0.25/phase/warped_pretrain_finetune: not converged (seeds [0])",
+        "cap-0.25/segmentation/pretrain_finetune: not converged (seeds [0, 2])",
+        "cap-0.25/segmentation/real_plus_synthetic: not converged (seeds [0])",
+        "cap-0.25/segmentation/synthetic: not converged (seeds [1])",
+        "cap-0.25/segmentation/warped: not converged (seeds [2])",
+        "cap-0.25/segmentation/warped_pretrain_finetune: not converged (seeds [0])",
+        "cap-1/phase/synthetic: not converged (seeds [2])",
+        "cap-1/segmentation/pretrain_finetune: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/real: not converged (seeds [0, 1, 2])",
+        "cap-1/segmentation/real_plus_warped: not converged (seeds [0, 2])",
+        "cap-1/segmentation/synthetic: not converged (seeds [2])",
+        "cap-1/segmentation/warped: not converged (seeds [1])",
+        "cap-1/segmentation/warped_pretrain_finetune: not converged (seeds [0, 2])",
+        "cap-1/view/warped: not converged (seeds [0])",
+        "cap-1/view/warped_pretrain_finetune: not converged (seeds [2])",
+    ],
     ("demo", "0.2.0"): [
         "cap-1/phase/pretrain_finetune: not converged (seeds [0])",
         "cap-1/phase/real: not converged (seeds [0, 1])",
