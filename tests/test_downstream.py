@@ -19,7 +19,7 @@ from synthecho.downstream.classification import ClassificationTask, labels_of
 from synthecho.downstream.clipseg import ClipSegTask, prompt_for, resolve_weights, save_tiny_clipseg
 from synthecho.downstream.effects import aggregate, comparisons
 from synthecho.downstream.segmentation import SegmentationTask
-from synthecho.downstream.study import capped_patients, run_task, train, warped_fingerprint
+from synthecho.downstream.study import capped_patients, run_task, run_tasks, train, warped_fingerprint
 from synthecho.errors import SynthechoError
 from synthecho.layout import RunLayout
 from synthecho.metrics import dice_per_image
@@ -246,6 +246,30 @@ def test_classification_every_strategy(splits, tmp_path):
         assert np.array_equal(p_true > 0.5, np.asarray(unit["per_image"]["correct"]) == 1.0)
     assert labels_of(splits["test"], "phase").tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
     assert labels_of(splits["test"], "view").tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+
+
+def test_run_tasks_spreads_seeds_over_workers_with_the_same_units(splits, tmp_path, monkeypatch):
+    """Two one-thread worker processes train what one process does: the same units, in seed order."""
+    small = config(classification={"model": "small", "steps": 10, "learning_rate": 3e-3})
+    held_out = splits["validation"], splits["test"]
+    tasks = [
+        SegmentationTask(config(), *held_out, device="cpu"),
+        ClassificationTask("view", small, *held_out, device="cpu"),
+    ]
+    strategies = ["real", "synthetic", "pretrain_finetune"]
+    runs = {}
+    for workers in ("1", "2"):
+        monkeypatch.setenv("SYNTHECHO_WORKERS", workers)
+        runs[workers] = run_tasks(tasks, strategies, [0, 1], corpora(splits), fingerprints(splits),
+                                  tmp_path / workers, progress=False)  # fmt: skip
+    for task in tasks:
+        one, two = runs["1"][task.name], runs["2"][task.name]
+        assert [(u["seed"], u["strategy"]) for u in two] == [(s, n) for s in (0, 1) for n in strategies]
+        assert [u["per_image"] for u in two] == [u["per_image"] for u in one]
+        assert len({json.dumps(u["per_image"]) for u in two}) > 1  # seeds and strategies differ
+        assert sorted(p.name for p in (tmp_path / "2" / task.name).glob("*.json")) == sorted(
+            p.name for p in (tmp_path / "1" / task.name).glob("*.json")
+        )
 
 
 def test_small_classifier_learns_the_view(splits):

@@ -2,7 +2,8 @@
 
 A *unit* is one trained and tested model: (cap, task, strategy, seed). `run_task` trains every unit of
 one task at one cap, or reads it back from its completion marker when its inputs are unchanged (an
-interrupted study resumes); `synthecho.downstream.effects` turns units into summaries and effects.
+interrupted study resumes); `run_tasks` spreads the tasks' seeds over one-thread worker processes;
+`synthecho.downstream.effects` turns units into summaries and effects.
 Strategies and their controls: `synthecho.downstream`. Budgets (`training_steps`) are equal across
 strategies: whatever sees real data without pretraining may train as many steps as pretraining and
 fine-tuning together, and every fit may stop early (`evaluate.patience`).
@@ -26,6 +27,7 @@ from synthecho.downstream import PRETRAINED_ON, TRAINED_ON, concat_splits, corpo
 from synthecho.io import atomic_path, sha256_file, sha256_json
 from synthecho.layout import RunLayout
 from synthecho.markers import current_info, write_marker
+from synthecho.parallel import one_thread
 from synthecho.real import RealSplit
 
 SYNTHETIC_STRATEGIES = tuple(name for name in TRAINED_ON if corpora_of(name) != ("real",))
@@ -241,6 +243,48 @@ def run_task(
             units.append(unit)
             # training, testing and saving of one unit (a fine-tuned one includes its base if trained here)
             profiling.add(f"evaluate/{task.name}/{strategy}", time.perf_counter() - started)
+    return units
+
+
+def _seed_units(task, strategies, seed, corpora, fingerprints, unit_dir) -> list[dict]:
+    """One seed's units of one task, on one thread: a worker's share of `run_tasks` (module level, so a
+    spawned worker can import it)."""
+    with one_thread():
+        return run_task(task, strategies, [seed], corpora, fingerprints, unit_dir, progress=False)
+
+
+def run_tasks(
+    tasks: list,
+    strategies: list[str],
+    seeds: list[int],
+    corpora: dict[str, RealSplit | None],
+    fingerprints: dict,
+    units_dir: Path,
+    *,
+    progress: bool = True,
+) -> dict[str, list[dict]]:
+    """{task name: its units in seed order} for every task of one cap, one (task, seed) per worker call.
+
+    Seeds are independent (a fine-tuned strategy needs only its own seed's base), so on a CPU the calls
+    run in one-thread worker processes (`synthecho.parallel`): the study's networks are too small for a
+    second thread to pay, and the units are those of a one-process run, seed for seed. On a GPU the calls
+    run here, one after another: processes sharing one device would only queue on it.
+    """
+    from tqdm.auto import tqdm
+
+    from synthecho.parallel import ordered_map
+
+    jobs = [(task, seed) for task in tasks for seed in seeds]  # recipe order: the longest task first
+    n = len(jobs)
+    columns = [[task for task, _ in jobs], [strategies] * n, [seed for _, seed in jobs], [corpora] * n,
+               [fingerprints] * n, [units_dir / task.name for task, _ in jobs]]  # fmt: skip
+    on_cpu = all(str(task.device) == "cpu" for task in tasks)
+    calls = ordered_map(_seed_units, *columns) if on_cpu else map(_seed_units, *columns)
+    units: dict[str, list[dict]] = {task.name: [] for task in tasks}
+    bar = tqdm(zip(jobs, calls, strict=True), total=n, desc="downstream units", unit="seed",
+               disable=not progress)  # fmt: skip
+    for (task, _), seed_units in bar:
+        units[task.name].extend(seed_units)
     return units
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from synthecho.parallel import one_thread
 from synthecho.real import RealSplit
 from synthecho.schema import PHASES, VIEWS
 
@@ -315,16 +316,11 @@ def fit_classifier(
         records = list(records) + [dict(r, phase=None) for r in extra_records[len(split) :]]
 
     # One thread: the layers are so small that thread synchronisation costs more than it saves (measured
-    # 5 ms vs 60 ms per step on a busy 2-core machine). The caller's setting is restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            network = _build_network(architecture)
-            _fit(network, architecture, images, records, steps, batch_size, learning_rate, seed, progress)
-    finally:
-        torch.set_num_threads(threads)
+    # 5 ms vs 60 ms per step on a busy 2-core machine).
+    with one_thread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = _build_network(architecture)
+        _fit(network, architecture, images, records, steps, batch_size, learning_rate, seed, progress)
     return AttributeClassifier(network, architecture)
 
 

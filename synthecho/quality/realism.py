@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from synthecho.errors import SynthechoError
+from synthecho.parallel import one_thread
 
 FOLDS = 3
 STEPS = 150  # per fold: ~4 s on one core for ~60 frames of 64 px
@@ -60,36 +61,30 @@ def _fit_and_score(train_a, train_b, test, seed: int, steps: int) -> np.ndarray:
     import torch.nn.functional as F
 
     rng = np.random.default_rng([seed, 31])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small layers: one thread beats two on a busy 2-core machine
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            network = _network()
-            optimizer = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-            a, b = (torch.from_numpy(x.astype(np.float32) / 255.0)[:, None] for x in (train_a, train_b))
-            targets = torch.cat([torch.zeros(BATCH // 2), torch.ones(BATCH // 2)])[:, None]
-            network.train()
-            for _ in range(steps):
-                pick_a = rng.integers(0, len(a), BATCH // 2)
-                pick_b = rng.integers(0, len(b), BATCH // 2)
-                batch = torch.cat([a[pick_a], b[pick_b]])
-                if rng.random() < 0.5:  # left-right flips: texture has no side
-                    batch = batch.flip(-1)
-                loss = F.binary_cross_entropy_with_logits(network(batch), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-            network.eval()
-            with torch.inference_mode():
-                frames = torch.from_numpy(test.astype(np.float32) / 255.0)[:, None]
-                return torch.cat([network(frames[i : i + 128]) for i in range(0, len(frames), 128)])[
-                    :, 0
-                ].numpy()
-    finally:
-        torch.set_num_threads(threads)
+    # small layers: one thread beats two on a busy 2-core machine
+    with one_thread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = _network()
+        optimizer = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        a, b = (torch.from_numpy(x.astype(np.float32) / 255.0)[:, None] for x in (train_a, train_b))
+        targets = torch.cat([torch.zeros(BATCH // 2), torch.ones(BATCH // 2)])[:, None]
+        network.train()
+        for _ in range(steps):
+            pick_a = rng.integers(0, len(a), BATCH // 2)
+            pick_b = rng.integers(0, len(b), BATCH // 2)
+            batch = torch.cat([a[pick_a], b[pick_b]])
+            if rng.random() < 0.5:  # left-right flips: texture has no side
+                batch = batch.flip(-1)
+            loss = F.binary_cross_entropy_with_logits(network(batch), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        network.eval()
+        with torch.inference_mode():
+            frames = torch.from_numpy(test.astype(np.float32) / 255.0)[:, None]
+            return torch.cat([network(frames[i : i + 128]) for i in range(0, len(frames), 128)])[:, 0].numpy()
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:

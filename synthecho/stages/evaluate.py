@@ -39,7 +39,7 @@ from synthecho.downstream.study import (
     build_tasks,
     capped_patients,
     corpus_fingerprint,
-    run_task,
+    run_tasks,
     strip_per_image,
     warped_fingerprint,
 )
@@ -161,8 +161,6 @@ def _string_array(values: list[str]):
 
 def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) -> dict:
     """Train and test every (cap, task, strategy, seed); write results, report, chart and manifest."""
-    from tqdm.auto import tqdm
-
     from synthecho.manifest import environment_info, update_manifest
 
     run_dir = Path(run_dir)
@@ -221,12 +219,10 @@ def run(recipe, run_dir: Path, *, force: bool = False, progress: bool = True) ->
             **({"warped_pairing": pairing} if pairing else {}),
             "tasks": {},
         }
-        for task in tqdm(tasks, desc=f"evaluate {cap_label(cap)}", disable=not progress, leave=False):
-            units = run_task(
-                task, strategies, list(config.seeds), corpora, fingerprints,
-                units_root / cap_label(cap) / task.name, progress=progress,
-            )  # fmt: skip
-            entry["tasks"][task.name] = aggregate(task, units, strategies)
+        units = run_tasks(tasks, strategies, list(config.seeds), corpora, fingerprints,
+                          units_root / cap_label(cap), progress=progress)  # fmt: skip
+        for task in tasks:
+            entry["tasks"][task.name] = aggregate(task, units[task.name], strategies)
         study["caps"][cap_label(cap)] = entry
     study["confirmatory"] = confirmatory_family(study, config.confirmatory)
 
